@@ -1,0 +1,141 @@
+// Configuration: plain nested structs grouped by concern, loaded from YAML.
+// No networking headers here: this file is included widely.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace relaymeter::config {
+
+struct Price {
+    double input = 0.0;                 // USD per 1M input tokens
+    double output = 0.0;                // USD per 1M output tokens
+    std::optional<double> cached_input; // USD per 1M cached input tokens; absent: input price
+};
+
+struct ServerConfig {
+    std::string listen = "127.0.0.1:8080"; // as written
+    std::string listen_host = "127.0.0.1";  // parsed from listen ("[::1]:80" -> "::1")
+    std::uint16_t listen_port = 8080;
+    unsigned threads = 0;                   // 0 = one per core
+    std::uint64_t max_request_body_bytes = 33554432;
+    std::uint32_t max_header_bytes = 65536; // request head larger than this: 431
+    double header_timeout_s = 10;
+    double idle_timeout_s = 75;
+    double drain_timeout_s = 30;
+    bool protected_mode = true;
+};
+
+struct TlsConfig {
+    bool verify = true;
+    std::string ca_file; // empty: system trust store
+};
+
+struct UpstreamConfig {
+    std::string base_url = "https://api.openai.com/v1"; // as written (after ${VAR} expansion)
+    // Parsed from base_url:
+    bool tls = true;            // scheme https
+    std::string host = "api.openai.com";
+    std::uint16_t port = 443;
+    std::string base_path = "/v1"; // no trailing slash; "" for a bare host
+    std::string api_key;           // empty: the client's Authorization is forwarded
+    double connect_timeout_s = 5;
+    double request_timeout_s = 60;
+    unsigned max_connections = 512;
+    TlsConfig tls_options;
+};
+
+struct MetricsConfig {
+    unsigned max_models = 64;
+    std::vector<std::pair<std::string, std::string>> labels; // constant labels, in file order
+};
+
+struct StreamingConfig {
+    bool inject_include_usage = true;
+    double idle_timeout_s = 120;  // longest silence between two chunks
+    double total_timeout_s = 3600; // whole stream; 0 = no limit
+};
+
+struct AlertsConfig {
+    double latency_p95_ms = 2000;
+    double error_rate_percent = 5.0;
+    double cost_per_hour_usd = 100.0;
+    double window_s = 300;
+    unsigned min_requests = 20;
+    double interval_s = 15;
+};
+
+struct LogConfig {
+    std::string level = "info"; // trace debug info warn error critical off
+};
+
+struct AuthKey {
+    std::string name;
+    std::string key;
+};
+
+struct AuthConfig {
+    bool enabled = false;
+    std::vector<AuthKey> keys;
+    std::string keys_file;
+};
+
+struct AdminConfig {
+    std::string token; // empty: admin endpoints open
+};
+
+struct LedgerConfig {
+    bool enabled = false;
+    std::string path;
+};
+
+struct Config {
+    std::string source; // file the config came from ("" for defaults)
+    ServerConfig server;
+    UpstreamConfig upstream;
+    std::map<std::string, Price> pricing;
+    MetricsConfig metrics;
+    StreamingConfig streaming;
+    AlertsConfig alerts;
+    LogConfig log;
+    AuthConfig auth;
+    AdminConfig admin;
+    LedgerConfig ledger;
+};
+
+// Every problem found in one file, each "FILE:LINE: KEY: what is wrong".
+class ConfigError : public std::runtime_error {
+public:
+    explicit ConfigError(std::vector<std::string> errors);
+    const std::vector<std::string>& errors() const noexcept { return errors_; }
+
+private:
+    std::vector<std::string> errors_;
+};
+
+// Environment lookup, injectable for tests. Returns nullopt when unset.
+using EnvLookup = std::optional<std::string> (*)(const std::string& name);
+std::optional<std::string> process_env(const std::string& name);
+
+// Load and validate. Throws ConfigError listing every error found.
+Config load_file(const std::string& path, EnvLookup env = process_env);
+Config load_string(const std::string& yaml_text, const std::string& source_name,
+                   EnvLookup env = process_env);
+
+// Expand ${VAR} and ${VAR:-default}. Throws std::invalid_argument naming the
+// variable when it is unset and has no default, or when the syntax is broken.
+std::string expand_env(const std::string& value, EnvLookup env = process_env);
+
+// "host:port", "[v6]:port". Returns false on a malformed address.
+bool parse_listen(const std::string& text, std::string& host, std::uint16_t& port);
+
+// http(s)://host[:port][/path]. Fills the parsed fields of `out`; returns an
+// error message, or empty on success.
+std::string parse_upstream_url(const std::string& url, UpstreamConfig& out);
+
+} // namespace relaymeter::config
