@@ -1,0 +1,107 @@
+// Aggregation engine: per-model counters, latency sketches and hourly cost.
+// record() is called from every worker thread; it updates a per-thread shard
+// (no lock shared by all requests). Readers merge the shards into a Snapshot.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include "relaymeter/metrics/histogram.hpp"
+#include "relaymeter/metrics/price_table.hpp"
+#include "relaymeter/metrics/record.hpp"
+
+namespace relaymeter::metrics {
+
+struct ModelStats {
+    std::uint64_t requests = 0;
+    std::uint64_t successes = 0;  // 2xx
+    std::uint64_t errors = 0;     // everything else
+    std::uint64_t streamed = 0;
+    std::uint64_t unpriced = 0;   // requests of a model with no price entry
+    std::uint64_t input_tokens = 0;
+    std::uint64_t output_tokens = 0;
+    std::uint64_t cached_input_tokens = 0;
+    std::uint64_t reasoning_tokens = 0;
+    double cost_usd = 0;
+    double latency_sum_s = 0;
+    std::map<int, std::uint64_t> status_codes;
+    LatencyHistogram latency;  // every request, failed ones included
+    LatencyHistogram ttft;     // streams only
+
+    void add(const ModelStats& other);
+};
+
+struct Snapshot {
+    std::chrono::system_clock::time_point started_at;
+    std::chrono::system_clock::time_point generated_at;
+    std::map<std::string, ModelStats> models;                  // by name, sorted
+    std::map<std::int64_t, double> hourly_cost;                // UTC hour start (unix s) -> USD, last 48 h
+    std::int64_t in_flight = 0;
+    std::map<std::string, bool> priced;                        // model -> has a price entry ("none" is always true)
+
+    ModelStats overall() const;
+};
+
+struct EngineOptions {
+    unsigned max_models = 64;
+    std::map<std::string, config::Price> prices;
+};
+
+class Engine {
+public:
+    explicit Engine(EngineOptions options);
+    ~Engine();
+    Engine(const Engine&) = delete;
+    Engine& operator=(const Engine&) = delete;
+
+    // Thread-safe. Cost is computed here from record.prices (or the current table).
+    // Returns the request's cost in USD (0 for an unpriced model).
+    double record(const Record& record);
+
+    // Current price table (atomically replaceable on reload).
+    // Current price table as seen by the calling thread (lock-free unless a
+    // reload happened since this thread last looked).
+    std::shared_ptr<const PriceTable> prices();
+    void set_prices(std::map<std::string, config::Price> prices);
+
+    void request_started() noexcept { in_flight_.fetch_add(1, std::memory_order_relaxed); }
+    void request_finished() noexcept { in_flight_.fetch_sub(1, std::memory_order_relaxed); }
+    std::int64_t in_flight() const noexcept { return in_flight_.load(std::memory_order_relaxed); }
+
+    Snapshot snapshot() const;
+    std::chrono::system_clock::time_point started_at() const { return started_at_; }
+
+private: // the metrics module may change anything below
+    struct Shard;
+    Shard& local_shard();
+    // The name a raw model name is counted under: itself, or "other" past the
+    // cap. Consults the shard's cache first; models_mu_ only on a miss.
+    const std::string& canonical_model(Shard& shard, const std::string& model);
+    // The engine's current table, cached per shard (refreshed when the version moves).
+    const std::shared_ptr<const PriceTable>& current_prices(Shard& shard);
+
+    const unsigned max_models_;
+    const std::chrono::system_clock::time_point started_at_;
+    std::atomic<std::int64_t> in_flight_{0};
+
+    mutable std::mutex prices_mu_; // guards the pointer swap only
+    std::shared_ptr<const PriceTable> prices_;
+    std::atomic<std::uint64_t> prices_version_{0}; // bumped by set_prices (under prices_mu_)
+
+    mutable std::mutex shards_mu_; // shard registration and snapshot iteration
+    std::vector<std::unique_ptr<Shard>> shards_;
+
+    mutable std::mutex models_mu_; // the set of admitted model names (taken only on a shard cache miss)
+    std::unordered_set<std::string> admitted_;
+    const std::uint64_t id_; // distinguishes engines for thread-local shard caches
+};
+
+} // namespace relaymeter::metrics

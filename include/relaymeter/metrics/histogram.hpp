@@ -1,0 +1,49 @@
+// Latency histogram: Prometheus buckets for exposition plus a log-bucketed
+// sketch (relative error <= 1%) for percentiles, in fixed memory.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace relaymeter::metrics {
+
+// Upper bounds (seconds) of the exported histogram buckets; +Inf is implicit.
+inline constexpr std::array<double, 16> kLatencyBuckets = {
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300};
+
+class LatencyHistogram {
+public:
+    void observe(double seconds);
+    void merge(const LatencyHistogram& other);
+
+    std::uint64_t count() const { return count_; }
+    double sum() const { return sum_; }
+    // Non-cumulative counts per kLatencyBuckets entry, then the +Inf overflow.
+    const std::array<std::uint64_t, kLatencyBuckets.size() + 1>& buckets() const { return buckets_; }
+    // q in [0,1]; 0 when empty. Within 1% relative error of the exact
+    // nearest-rank value over every observation (values >= 1 microsecond).
+    double quantile(double q) const;
+
+    // Sketch parameters. Index i covers (kMinValue * kGamma^(i-1), kMinValue * kGamma^i]
+    // and reports 2 * kMinValue * kGamma^i / (kGamma + 1): relative error at most
+    // (kGamma - 1) / (kGamma + 1) ~ 0.0099. Values are clamped to [kMinValue, kMaxValue].
+    static constexpr double kGamma = 1.02;
+    static constexpr double kMinValue = 1e-6;   // 1 microsecond
+    static constexpr double kMaxValue = 3600.0; // 1 hour
+    static std::int32_t sketch_index(double seconds);
+    static std::size_t sketch_capacity(); // maximum number of log buckets kept (~1.1k)
+
+private:
+    std::uint64_t count_ = 0;
+    double sum_ = 0;
+    std::array<std::uint64_t, kLatencyBuckets.size() + 1> buckets_{};
+    // Log buckets: sketch_[k] counts values of index offset_ + k. Grown on demand
+    // to at most sketch_capacity() entries (~9 KiB), whatever the request count.
+    std::vector<std::uint64_t> sketch_;
+    std::int32_t offset_ = 0;
+    double min_ = 0, max_ = 0; // exact extremes of the observations (valid when count_ > 0)
+};
+
+} // namespace relaymeter::metrics

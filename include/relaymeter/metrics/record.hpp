@@ -1,0 +1,28 @@
+// One finished, metered exchange: what proxy hands to metrics.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "relaymeter/usage/usage.hpp"
+
+namespace relaymeter::metrics {
+
+class PriceTable;
+
+struct Record {
+    std::string model = "none";       // sanitized (usage::sanitize_model); engine caps distinct names
+    int status = 0;                   // status the client got (499: client went away, 502: upstream failed mid-response)
+    double latency_s = 0;             // arrival to last byte sent
+    double ttft_s = -1;               // streams: arrival to first content chunk sent; <0 = none
+    bool streamed = false;
+    usage::Usage usage;
+    std::chrono::system_clock::time_point finished_at{};
+    // Prices in force when the request started (SIGHUP reload applies to later
+    // requests only). Null: the engine's current table.
+    std::shared_ptr<const PriceTable> prices;
+};
+
+} // namespace relaymeter::metrics
