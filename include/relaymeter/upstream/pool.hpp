@@ -1,0 +1,95 @@
+// Pooled keep-alive connections to the upstream relay, plain TCP or TLS.
+// One Pool per worker thread (io_context): no locks, no sharing.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "relaymeter/config/config.hpp"
+#include "relaymeter/net.hpp"
+
+namespace relaymeter::upstream {
+
+using clock = std::chrono::steady_clock;
+using tls_stream = beast::ssl_stream<beast::tcp_stream>;
+
+class Connection {
+public:
+    using Stream = std::variant<beast::tcp_stream, tls_stream>;
+
+    explicit Connection(Stream stream) : stream_(std::move(stream)) {}
+
+    Stream& stream() { return stream_; }
+    beast::tcp_stream& tcp() {
+        return stream_.index() == 0 ? std::get<0>(stream_) : beast::get_lowest_layer(std::get<1>(stream_));
+    }
+    beast::flat_buffer& buffer() { return buffer_; }
+    // True when nothing is readable on an idle connection: not closed by the
+    // peer, no stray bytes (checked with a non-blocking MSG_PEEK, no syscall wait).
+    bool looks_alive();
+
+    clock::time_point idle_since{};
+    std::uint64_t requests = 0; // requests sent on this connection
+
+private:
+    Stream stream_;
+    beast::flat_buffer buffer_;
+};
+
+enum class ConnectError { none, resolve, connect, tls, timeout, pool_timeout, stopped };
+const char* to_string(ConnectError e);
+
+struct Lease {
+    std::unique_ptr<Connection> conn;
+    bool reused = false;
+    ConnectError error = ConnectError::none;
+    std::string detail; // human-readable reason when error != none (no secrets)
+};
+
+class Pool {
+public:
+    // `limit`: most connections (idle + busy) this pool opens at once.
+    Pool(asio::io_context& io, const config::UpstreamConfig& cfg, ssl::context* tls, unsigned limit);
+    ~Pool();
+
+    // An idle live connection, or a new one (resolve, connect, TLS handshake
+    // with SNI and host-name verification). Waits for a free slot when at the
+    // limit, until `deadline`.
+    awaitable<Lease> acquire(clock::time_point deadline);
+    // Give a connection back. reusable = the exchange ended cleanly with a
+    // keep-alive response and nothing left unread; otherwise it is closed.
+    void release(std::unique_ptr<Connection> conn, bool reusable);
+
+    // Close idle connections (shutdown) and refuse new waits.
+    void close_all();
+
+    std::size_t open_count() const { return open_; }
+    std::size_t idle_count() const { return idle_.size(); }
+
+private:
+    awaitable<Lease> connect(clock::time_point deadline);
+    void wake_one();
+
+    asio::io_context& io_;
+    const config::UpstreamConfig& cfg_;
+    ssl::context* tls_;
+    const unsigned limit_;
+    std::size_t open_ = 0;
+    bool closed_ = false;
+    std::vector<std::unique_ptr<Connection>> idle_; // LIFO: the warmest connection first
+    std::deque<std::shared_ptr<asio::steady_timer>> waiters_;
+    tcp::resolver resolver_;
+    std::vector<tcp::endpoint> endpoints_; // cached resolution
+    clock::time_point endpoints_expiry_{};
+};
+
+// Make the TLS client context for the upstream: peer verification unless
+// tls.verify is false, ca_file or the system trust store.
+std::unique_ptr<ssl::context> make_tls_context(const config::UpstreamConfig& cfg);
+
+} // namespace relaymeter::upstream
