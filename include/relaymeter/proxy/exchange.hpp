@@ -1,0 +1,49 @@
+// One proxied exchange: rewrite the request, take an upstream connection,
+// relay the response to the client as it arrives, and hand the finished
+// record to metrics. The byte path never parses OpenAI JSON itself: it passes
+// body chunks to the usage module's scanners.
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <string_view>
+
+#include "relaymeter/config/config.hpp"
+#include "relaymeter/metrics/engine.hpp"
+#include "relaymeter/net.hpp"
+#include "relaymeter/upstream/pool.hpp"
+
+namespace relaymeter::proxy {
+
+using clock = std::chrono::steady_clock;
+using Request = http::request<http::string_body>;
+
+// Per worker thread.
+struct Context {
+    const config::Config& cfg;
+    metrics::Engine& engine;
+    upstream::Pool& pool;
+    std::string host_header; // Host sent upstream: host[:port]
+};
+
+// The client's X-Request-Id when sane (printable ASCII, 1..128 chars), else a
+// fresh random id.
+std::string request_id(std::string_view client_value);
+
+// relaymeter's own error, in the OpenAI error shape.
+http::response<http::string_body> error_response(http::status status, std::string_view code,
+                                                 std::string_view message, unsigned version, bool keep_alive,
+                                                 std::string_view request_id);
+
+// Forward a complete /v1/ request (body read) and write the response to the
+// client. Returns true when the client connection may serve another request.
+awaitable<bool> forward(Context& ctx, beast::tcp_stream& client, Request& req, std::string request_id,
+                        clock::time_point arrival);
+
+// Write relaymeter's own error for a /v1/ request and meter it (model from
+// the body when there is one).
+awaitable<bool> reject(Context& ctx, beast::tcp_stream& client, http::status status, std::string_view code,
+                       std::string_view message, unsigned version, bool keep_alive, std::string model,
+                       const std::string& request_id, clock::time_point arrival);
+
+} // namespace relaymeter::proxy

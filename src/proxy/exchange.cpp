@@ -1,0 +1,427 @@
+#include "relaymeter/proxy/exchange.hpp"
+
+#include <array>
+#include <cstdio>
+#include <limits>
+#include <mutex>
+#include <random>
+#include <unordered_set>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "relaymeter/metrics/price_table.hpp"
+#include "relaymeter/usage/usage.hpp"
+#include "relaymeter/util/duration.hpp"
+
+namespace relaymeter::proxy {
+
+namespace {
+
+constexpr std::size_t kRelayBuffer = 16 * 1024;
+
+bool iequals(std::string_view a, std::string_view b) { return beast::iequals(a, b); }
+
+// Hop-by-hop headers are dropped in both directions (RFC 9110 7.6.1).
+template <bool isRequest>
+void erase_hop_by_hop(http::header<isRequest, http::fields>& h) {
+    // Connection may name further hop-by-hop headers.
+    std::vector<std::string> named;
+    for (auto [it, end] = h.equal_range(http::field::connection); it != end; ++it) {
+        for (auto const& name : http::token_list{it->value()}) {
+            if (!iequals(name, "close") && !iequals(name, "keep-alive")) named.emplace_back(name);
+        }
+    }
+    for (const auto& name : named) h.erase(name);
+    h.erase(http::field::connection);
+    h.erase(http::field::keep_alive);
+    h.erase(http::field::proxy_authorization);
+    h.erase(http::field::proxy_authenticate);
+    h.erase("Proxy-Connection");
+    h.erase(http::field::te);
+    h.erase(http::field::trailer);
+    h.erase(http::field::transfer_encoding);
+    h.erase(http::field::upgrade);
+}
+
+bool is_completions_path(std::string_view target) {
+    auto q = target.find('?');
+    auto path = target.substr(0, q);
+    return path == "/v1/chat/completions" || path == "/v1/completions";
+}
+
+double since(clock::time_point t) { return std::chrono::duration<double>(clock::now() - t).count(); }
+
+// Logs a model without a price entry once per process (a per-thread cache
+// keeps the shared set off the path of later requests).
+void note_unpriced(const std::string& model) {
+    thread_local std::unordered_set<std::string> seen_here;
+    if (seen_here.count(model)) return;
+    if (seen_here.size() < 4096) seen_here.insert(model);
+    static std::mutex mu;
+    static std::unordered_set<std::string> logged;
+    std::lock_guard lk(mu);
+    if (logged.size() >= 4096 || !logged.insert(model).second) return;
+    spdlog::warn("model '{}' has no entry in pricing: its requests cost 0 and are counted as unpriced", model);
+}
+
+// Everything known about one exchange, recorded when it ends.
+struct Meter {
+    Meter(Context& c, const std::string& r, clock::time_point a) : ctx(c), rid(r), arrival(a) {}
+    Context& ctx;
+    const std::string& rid;
+    clock::time_point arrival;
+    std::string model = "none";
+    std::shared_ptr<const metrics::PriceTable> prices;
+    int status = 0;
+    bool streamed = false;
+    double ttft_s = -1;
+    usage::Usage use;
+    std::string upstream_rid;
+    std::string_view note; // why relaymeter failed the request, if it did
+
+    void finish() {
+        metrics::Record r;
+        r.model = model;
+        r.status = status;
+        r.latency_s = since(arrival);
+        r.ttft_s = ttft_s;
+        r.streamed = streamed;
+        r.usage = use;
+        r.finished_at = std::chrono::system_clock::now();
+        r.prices = prices;
+        const double cost = ctx.engine.record(r);
+        if (cost == 0 && model != "none" && prices && !prices->find(model)) note_unpriced(model);
+        if (spdlog::should_log(spdlog::level::info)) {
+            spdlog::info("access rid={} model={} status={} latency_ms={:.3f} in={} out={} cached={} reasoning={} "
+                         "cost_usd={:.9g} streamed={} ttft_ms={:.3f} upstream_rid={}{}{}",
+                         rid, model, status, r.latency_s * 1e3, use.input, use.output, use.cached_input,
+                         use.reasoning, cost, streamed ? "yes" : "no", ttft_s < 0 ? 0.0 : ttft_s * 1e3,
+                         upstream_rid.empty() ? "-" : upstream_rid, note.empty() ? "" : " error=", note);
+        }
+    }
+};
+
+template <class Stream>
+beast::tcp_stream& lowest(Stream& s) {
+    return beast::get_lowest_layer(s);
+}
+
+class Exchange {
+public:
+    Exchange(Context& ctx, beast::tcp_stream& client, Request& req, const std::string& rid, clock::time_point arrival)
+        : ctx_(ctx), cfg_(ctx.cfg), client_(client), req_(req), meter_(ctx, rid, arrival) {}
+
+    awaitable<bool> run();
+
+private:
+    template <class Stream>
+    awaitable<void> relay(Stream& up);
+    awaitable<void> fail(http::status status, std::string_view code, std::string message);
+    awaitable<bool> write_client(asio::const_buffer data);
+
+    Context& ctx_;
+    const config::Config& cfg_;
+    beast::tcp_stream& client_;
+    Request& req_;
+    Meter meter_;
+    unsigned client_version_ = 11;
+    bool client_keep_alive_ = true;
+    bool strip_ = false;
+    bool chunked_out_ = false;
+    bool reusable_ = false;
+    upstream::Connection* conn_ = nullptr;
+};
+
+awaitable<void> Exchange::fail(http::status status, std::string_view code, std::string message) {
+    meter_.status = static_cast<int>(status);
+    spdlog::warn("rid={} {} ({})", meter_.rid, message, code);
+    meter_.note = code;
+    auto res = error_response(status, code, message, client_version_, client_keep_alive_, meter_.rid);
+    client_.expires_after(seconds(cfg_.upstream.request_timeout_s));
+    error_code ec;
+    co_await http::async_write(client_, res, asio::redirect_error(use_awaitable, ec));
+    if (ec) {
+        meter_.status = 499;
+        client_keep_alive_ = false;
+    }
+}
+
+awaitable<bool> Exchange::write_client(asio::const_buffer data) {
+    error_code ec;
+    client_.expires_after(seconds(meter_.streamed ? cfg_.streaming.idle_timeout_s : cfg_.upstream.request_timeout_s));
+    if (chunked_out_) {
+        co_await asio::async_write(client_, http::make_chunk(data), asio::redirect_error(use_awaitable, ec));
+    } else {
+        co_await asio::async_write(client_, data, asio::redirect_error(use_awaitable, ec));
+    }
+    co_return !ec;
+}
+
+awaitable<bool> Exchange::run() {
+    client_version_ = req_.version();
+    client_keep_alive_ = req_.keep_alive();
+
+    const auto info = usage::inspect_request(req_.body());
+    meter_.model = info.model;
+    meter_.prices = ctx_.engine.prices();
+
+    if (cfg_.streaming.inject_include_usage && info.stream && !info.include_usage &&
+        is_completions_path(req_.target())) {
+        std::string edited;
+        if (usage::inject_include_usage(req_.body(), edited)) {
+            req_.body() = std::move(edited);
+            strip_ = true;
+        }
+    }
+
+    // Rewrite the request for the upstream.
+    const std::string_view target = req_.target();
+    std::string up_target;
+    up_target.reserve(cfg_.upstream.base_path.size() + target.size());
+    up_target.append(cfg_.upstream.base_path).append(target.substr(3)); // "/v1/x?y" -> base_path + "/x?y"
+    req_.target(up_target);
+    erase_hop_by_hop(req_.base());
+    req_.erase(http::field::expect);
+    // Identity encoding: the usage block must be readable in the response.
+    req_.erase(http::field::accept_encoding);
+    req_.set(http::field::host, ctx_.host_header);
+    if (!cfg_.upstream.api_key.empty()) {
+        req_.set(http::field::authorization, "Bearer " + cfg_.upstream.api_key);
+    } else if (cfg_.auth.enabled) {
+        req_.erase(http::field::authorization); // the client's relaymeter key is not the upstream's
+    }
+    req_.set("X-Request-Id", meter_.rid);
+    req_.version(11);
+    req_.keep_alive(true);
+    req_.prepare_payload();
+
+    const auto deadline = meter_.arrival + seconds(cfg_.upstream.request_timeout_s);
+    auto lease = co_await ctx_.pool.acquire(deadline);
+    if (!lease.conn) {
+        using E = upstream::ConnectError;
+        if (lease.error == E::timeout || lease.error == E::pool_timeout) {
+            co_await fail(http::status::gateway_timeout, "upstream_timeout", lease.detail);
+        } else if (lease.error == E::tls) {
+            co_await fail(http::status::bad_gateway, "upstream_tls_error", lease.detail);
+        } else if (lease.error == E::stopped) {
+            co_await fail(http::status::service_unavailable, "shutting_down", lease.detail);
+        } else {
+            co_await fail(http::status::bad_gateway, "upstream_unreachable", lease.detail);
+        }
+        meter_.finish();
+        co_return client_keep_alive_;
+    }
+
+    conn_ = lease.conn.get();
+    co_await std::visit([this](auto& s) { return relay(s); }, lease.conn->stream());
+    conn_->requests++;
+    ctx_.pool.release(std::move(lease.conn), reusable_);
+    meter_.finish();
+    co_return client_keep_alive_;
+}
+
+template <class Stream>
+awaitable<void> Exchange::relay(Stream& up) {
+    error_code ec;
+    const auto deadline = meter_.arrival + seconds(cfg_.upstream.request_timeout_s);
+    auto& up_tcp = lowest(up);
+
+    up_tcp.expires_at(deadline);
+    co_await http::async_write(up, req_, asio::redirect_error(use_awaitable, ec));
+    if (ec) {
+        // Some bytes may have reached the upstream: never retried.
+        if (ec == beast::error::timeout)
+            co_await fail(http::status::gateway_timeout, "upstream_timeout", "upstream did not accept the request in time");
+        else
+            co_await fail(http::status::bad_gateway, "upstream_unreachable", "sending the request upstream failed: " + ec.message());
+        co_return;
+    }
+
+    http::response_parser<http::buffer_body> parser;
+    // Not boost::none: Beast 1.74 compares a Content-Length against an empty
+    // optional as "over the limit" (basic_parser.ipp, finish_header).
+    parser.body_limit(std::numeric_limits<std::uint64_t>::max());
+    parser.header_limit(64 * 1024);
+    if (req_.method() == http::verb::head) parser.skip(true);
+    co_await http::async_read_header(up, conn_->buffer(), parser, asio::redirect_error(use_awaitable, ec));
+    if (ec) {
+        if (ec == beast::error::timeout)
+            co_await fail(http::status::gateway_timeout, "upstream_timeout",
+                          "upstream did not answer within upstream.request_timeout_s");
+        else
+            co_await fail(http::status::bad_gateway, "upstream_bad_response", "reading the upstream response failed: " + ec.message());
+        co_return;
+    }
+
+    auto& ures = parser.get();
+    meter_.status = ures.result_int();
+    if (auto it = ures.find("x-request-id"); it != ures.end()) meter_.upstream_rid = std::string(it->value().substr(0, 128));
+    const bool sse = beast::iequals(ures[http::field::content_type].substr(0, 17), "text/event-stream");
+    meter_.streamed = sse;
+    const bool upstream_keep_alive = ures.keep_alive();
+    const bool has_length = ures.has_content_length();
+
+    // The client's response head: the upstream's, less hop-by-hop headers.
+    http::response<http::empty_body> res;
+    res.result(ures.result_int());
+    res.reason(ures.reason());
+    res.version(client_version_);
+    for (auto const& f : ures) res.insert(f.name_string(), f.value());
+    erase_hop_by_hop(res.base());
+    res.set("X-Relaymeter-Request-Id", meter_.rid);
+    const bool body_expected = !parser.is_done();
+    if (body_expected) {
+        if (has_length && !strip_) {
+            // Same bytes, same length.
+        } else {
+            res.erase(http::field::content_length);
+            if (client_version_ >= 11) {
+                chunked_out_ = true;
+                res.chunked(true);
+            } else {
+                client_keep_alive_ = false; // HTTP/1.0: the body ends when the connection closes
+            }
+        }
+    }
+    res.keep_alive(client_keep_alive_);
+
+    http::response_serializer<http::empty_body> sr(res);
+    client_.expires_after(seconds(cfg_.upstream.request_timeout_s));
+    co_await http::async_write_header(client_, sr, asio::redirect_error(use_awaitable, ec));
+    if (ec) {
+        meter_.status = 499;
+        client_keep_alive_ = false;
+        co_return;
+    }
+
+    usage::JsonUsageScanner json;
+    usage::StreamMeter stream(strip_);
+    std::string out;
+    std::array<char, kRelayBuffer> buf;
+    const auto stream_deadline = cfg_.streaming.total_timeout_s > 0
+                                     ? meter_.arrival + seconds(cfg_.streaming.total_timeout_s)
+                                     : clock::time_point::max();
+    bool client_ok = true;
+    error_code up_ec;
+    while (!parser.is_done()) {
+        parser.get().body().data = buf.data();
+        parser.get().body().size = buf.size();
+        if (sse)
+            up_tcp.expires_at(std::min(clock::now() + seconds(cfg_.streaming.idle_timeout_s), stream_deadline));
+        else
+            up_tcp.expires_at(deadline);
+        co_await http::async_read_some(up, conn_->buffer(), parser, asio::redirect_error(use_awaitable, up_ec));
+        if (up_ec == http::error::need_buffer) up_ec = {};
+        const std::size_t n = buf.size() - parser.get().body().size;
+        if (n > 0) {
+            asio::const_buffer data(buf.data(), n);
+            if (sse) {
+                out.clear();
+                stream.feed({buf.data(), n}, out);
+                data = asio::buffer(out);
+            } else {
+                json.feed({buf.data(), n});
+            }
+            if (data.size() > 0) {
+                client_ok = co_await write_client(data);
+                if (!client_ok) break;
+                if (sse && meter_.ttft_s < 0 && stream.saw_content()) meter_.ttft_s = since(meter_.arrival);
+            }
+        }
+        if (up_ec) break;
+    }
+
+    if (client_ok && sse) {
+        out.clear();
+        stream.finish(out);
+        if (!out.empty()) client_ok = co_await write_client(asio::buffer(out));
+    }
+    meter_.use = sse ? stream.usage() : json.result();
+
+    if (!client_ok) {
+        // The client went away: the upstream connection is dropped, not pooled.
+        meter_.status = 499;
+        meter_.note = "client_closed";
+        client_keep_alive_ = false;
+        co_return;
+    }
+    if (up_ec) {
+        // The client already has its status line: end its response and close.
+        meter_.status = 502;
+        meter_.note = up_ec == beast::error::timeout ? "upstream_timeout_mid_response" : "upstream_failed_mid_response";
+        spdlog::warn("rid={} upstream failed after the response began: {}", meter_.rid, up_ec.message());
+        client_keep_alive_ = false;
+        if (chunked_out_) {
+            client_.expires_after(seconds(cfg_.upstream.request_timeout_s));
+            co_await asio::async_write(client_, http::make_chunk_last(), asio::redirect_error(use_awaitable, ec));
+        }
+        co_return;
+    }
+    if (chunked_out_) {
+        client_.expires_after(seconds(cfg_.upstream.request_timeout_s));
+        co_await asio::async_write(client_, http::make_chunk_last(), asio::redirect_error(use_awaitable, ec));
+        if (ec) {
+            meter_.status = 499;
+            client_keep_alive_ = false;
+            co_return;
+        }
+    }
+    reusable_ = upstream_keep_alive && parser.is_done();
+}
+
+} // namespace
+
+std::string request_id(std::string_view client_value) {
+    if (!client_value.empty() && client_value.size() <= 128) {
+        bool sane = true;
+        for (unsigned char c : client_value) {
+            if (c < 0x21 || c > 0x7e) { sane = false; break; }
+        }
+        if (sane) return std::string(client_value);
+    }
+    // 128 random bits per id from a per-thread generator seeded once.
+    thread_local std::mt19937_64 gen{std::random_device{}()};
+    char out[33];
+    std::snprintf(out, sizeof out, "%016llx%016llx", static_cast<unsigned long long>(gen()),
+                  static_cast<unsigned long long>(gen()));
+    return std::string(out, 32);
+}
+
+http::response<http::string_body> error_response(http::status status, std::string_view code,
+                                                 std::string_view message, unsigned version, bool keep_alive,
+                                                 std::string_view rid) {
+    nlohmann::json body = {{"error", {{"message", message}, {"type", "relaymeter_error"}, {"code", code}}}};
+    http::response<http::string_body> res{status, version};
+    res.set(http::field::content_type, "application/json");
+    if (!rid.empty()) res.set("X-Relaymeter-Request-Id", rid);
+    res.body() = body.dump();
+    res.body() += '\n';
+    res.keep_alive(keep_alive);
+    res.prepare_payload();
+    return res;
+}
+
+awaitable<bool> forward(Context& ctx, beast::tcp_stream& client, Request& req, std::string rid,
+                        clock::time_point arrival) {
+    Exchange ex(ctx, client, req, rid, arrival);
+    co_return co_await ex.run();
+}
+
+awaitable<bool> reject(Context& ctx, beast::tcp_stream& client, http::status status, std::string_view code,
+                       std::string_view message, unsigned version, bool keep_alive, std::string model,
+                       const std::string& rid, clock::time_point arrival) {
+    Meter m(ctx, rid, arrival);
+    m.model = std::move(model);
+    m.status = static_cast<int>(status);
+    m.note = code;
+    auto res = error_response(status, code, message, version, keep_alive, rid);
+    client.expires_after(seconds(ctx.cfg.server.header_timeout_s));
+    error_code ec;
+    co_await http::async_write(client, res, asio::redirect_error(use_awaitable, ec));
+    if (ec) m.status = 499;
+    m.finish();
+    co_return keep_alive && !ec;
+}
+
+} // namespace relaymeter::proxy
