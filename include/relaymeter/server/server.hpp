@@ -1,0 +1,22 @@
+// The listener: one io_context and one SO_REUSEPORT acceptor per thread,
+// keep-alive HTTP/1.1 sessions, routing of /v1/ to proxy and of the admin
+// endpoints to metrics. Kept free of networking headers.
+#pragma once
+
+#include <functional>
+
+#include "relaymeter/config/config.hpp"
+#include "relaymeter/metrics/engine.hpp"
+
+namespace relaymeter::server {
+
+struct Hooks {
+    std::function<void()> on_reload; // SIGHUP, called on the signal thread
+};
+
+// Binds, logs "listening on HOST:PORT", serves until SIGTERM/SIGINT, then
+// drains (server.drain_timeout_s). Returns the process exit code. Throws
+// std::runtime_error when it cannot bind or set up TLS.
+int run(const config::Config& cfg, metrics::Engine& engine, Hooks hooks);
+
+} // namespace relaymeter::server

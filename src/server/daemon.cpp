@@ -1,0 +1,106 @@
+#include "relaymeter/server/daemon.hpp"
+
+#include <cstdio>
+#include <iostream>
+
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "relaymeter/config/cli.hpp"
+#include "relaymeter/config/config.hpp"
+#include "relaymeter/metrics/engine.hpp"
+#include "relaymeter/server/server.hpp"
+
+namespace relaymeter {
+
+namespace {
+
+config::Config load(const config::CliOptions& cli) {
+    auto cfg = config::load_file(cli.config_path);
+    config::apply_overrides(cfg, cli);
+    return cfg;
+}
+
+void print_errors(const config::ConfigError& e) {
+    for (const auto& line : e.errors()) std::fprintf(stderr, "%s\n", line.c_str());
+}
+
+} // namespace
+
+int run_daemon(int argc, const char* const* argv) {
+    config::CliOptions cli;
+    try {
+        cli = config::parse_cli(argc, argv);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "relaymeter: %s\n\n%s", e.what(), config::cli_help().c_str());
+        return 2;
+    }
+    if (cli.help) {
+        std::fputs(config::cli_help().c_str(), stdout);
+        return 0;
+    }
+    if (cli.version) {
+        std::printf("relaymeter %s\n", RELAYMETER_VERSION);
+        return 0;
+    }
+    if (cli.check_config) {
+        try {
+            config::CliOptions check = cli;
+            check.config_path = *cli.check_config;
+            (void)load(check);
+            std::puts("ok");
+            return 0;
+        } catch (const config::ConfigError& e) {
+            print_errors(e);
+            return 2;
+        }
+    }
+
+    config::Config cfg;
+    try {
+        cfg = load(cli);
+    } catch (const config::ConfigError& e) {
+        print_errors(e);
+        return 2;
+    }
+
+    // Logs go to stderr; the access log is one info line per request.
+    auto logger = spdlog::stderr_logger_mt("relaymeter");
+    logger->set_pattern("%Y-%m-%dT%H:%M:%S.%eZ %^%l%$ %v", spdlog::pattern_time_type::utc);
+    spdlog::set_default_logger(logger);
+    spdlog::set_level(spdlog::level::from_str(cfg.log.level));
+    spdlog::flush_on(spdlog::level::warn);
+    spdlog::flush_every(std::chrono::seconds(1));
+
+    if (cfg.ledger.enabled) {
+        std::fprintf(stderr, "%s: ledger: the request ledger is not available in this version\n", cfg.source.c_str());
+        return 2;
+    }
+
+    metrics::Engine engine({cfg.metrics.max_models, cfg.pricing});
+    server::Hooks hooks;
+    hooks.on_reload = [&] {
+        // Prices and the log level are reloaded; the rest needs a restart.
+        try {
+            auto fresh = load(cli);
+            engine.set_prices(fresh.pricing);
+            spdlog::set_level(spdlog::level::from_str(fresh.log.level));
+            spdlog::info("SIGHUP: reloaded prices ({} models) and log level {} from {}", fresh.pricing.size(),
+                         fresh.log.level, fresh.source);
+        } catch (const config::ConfigError& e) {
+            spdlog::error("SIGHUP: {} is not valid, keeping the running config:", cli.config_path);
+            for (const auto& line : e.errors()) spdlog::error("  {}", line);
+        }
+    };
+    try {
+        int rc = server::run(cfg, engine, hooks);
+        spdlog::default_logger()->flush();
+        return rc;
+    } catch (const std::exception& e) {
+        spdlog::critical("cannot start: {}", e.what());
+        spdlog::default_logger()->flush();
+        return 1;
+    }
+}
+
+} // namespace relaymeter

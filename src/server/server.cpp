@@ -1,0 +1,489 @@
+#include "relaymeter/server/server.hpp"
+
+#include <openssl/crypto.h>
+#include <sys/socket.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <limits>
+#include <list>
+#include <mutex>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "relaymeter/metrics/exposition.hpp"
+#include "relaymeter/net.hpp"
+#include "relaymeter/proxy/exchange.hpp"
+#include "relaymeter/upstream/pool.hpp"
+#include "relaymeter/usage/usage.hpp"
+#include "relaymeter/util/duration.hpp"
+
+namespace relaymeter::server {
+
+namespace {
+
+using clock = std::chrono::steady_clock;
+using reuse_port = asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>;
+
+// Process-wide state shared by the workers (read-mostly).
+struct Shared {
+    const config::Config& cfg;
+    metrics::Engine& engine;
+    metrics::ExpositionOptions expo;
+    ssl::context* tls = nullptr;
+    std::string host_header;
+    bool protect = false; // protected mode: only loopback clients
+
+    std::atomic<bool> stopping{false};
+    std::atomic<int> busy{0}; // sessions with a request in progress
+    std::mutex mu{};
+    std::condition_variable cv{};
+
+    void busy_done() {
+        if (busy.fetch_sub(1) == 1 && stopping.load()) {
+            std::lock_guard lk(mu);
+            cv.notify_all();
+        }
+    }
+};
+
+bool is_loopback(const asio::ip::address& a) {
+    if (a.is_loopback()) return true;
+    if (a.is_v6() && a.to_v6().is_v4_mapped()) return asio::ip::make_address_v4(asio::ip::v4_mapped, a.to_v6()).is_loopback();
+    return false;
+}
+
+bool constant_time_equal(std::string_view a, std::string_view b) {
+    if (a.size() != b.size()) return false;
+    return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+// "Bearer X" -> "X" (case-insensitive scheme); empty when absent.
+std::string_view bearer(std::string_view auth) {
+    if (auth.size() > 7 && beast::iequals(auth.substr(0, 7), "bearer ")) {
+        auth.remove_prefix(7);
+        while (!auth.empty() && auth.front() == ' ') auth.remove_prefix(1);
+        return auth;
+    }
+    return {};
+}
+
+bool query_has(std::string_view target, std::string_view param) {
+    auto q = target.find('?');
+    if (q == std::string_view::npos) return false;
+    std::string_view query = target.substr(q + 1);
+    while (!query.empty()) {
+        auto amp = query.find('&');
+        auto item = query.substr(0, amp);
+        if (item == param) return true;
+        if (amp == std::string_view::npos) break;
+        query.remove_prefix(amp + 1);
+    }
+    return false;
+}
+
+class Worker;
+
+struct Session {
+    beast::tcp_stream stream;
+    bool idle = true;
+    explicit Session(tcp::socket s) : stream(std::move(s)) {}
+};
+
+class Worker {
+public:
+    Worker(Shared& shared, unsigned pool_limit)
+        : shared_(shared),
+          acceptor_(io_),
+          pool_(io_, shared.cfg.upstream, shared.tls, pool_limit),
+          pctx_{shared.cfg, shared.engine, pool_, shared.host_header} {}
+
+    asio::io_context& io() { return io_; }
+
+    // Binds; port 0 is replaced by the port of the first worker's acceptor.
+    tcp::endpoint listen(tcp::endpoint ep) {
+        acceptor_.open(ep.protocol());
+        acceptor_.set_option(asio::socket_base::reuse_address(true));
+        acceptor_.set_option(reuse_port(true));
+        acceptor_.bind(ep);
+        acceptor_.listen(asio::socket_base::max_listen_connections);
+        return acceptor_.local_endpoint();
+    }
+
+    void start() { asio::co_spawn(io_, accept_loop(), asio::detached); }
+
+    // On this worker's thread: stop accepting, close idle sessions.
+    void begin_drain() {
+        asio::post(io_, [this] {
+            error_code ec;
+            acceptor_.close(ec);
+            for (auto* s : sessions_) {
+                if (s->idle) s->stream.socket().close(ec);
+            }
+            pool_.close_all();
+        });
+    }
+
+    void stop() { io_.stop(); }
+
+private:
+    awaitable<void> accept_loop();
+    awaitable<void> session(tcp::socket sock);
+    awaitable<bool> handle_one(Session& s, beast::flat_buffer& buf, bool local_client);
+    awaitable<bool> admin(Session& s, http::request<http::string_body>& req);
+    awaitable<bool> reply(Session& s, http::response<http::string_body>& res);
+    void meter_unparsed(int status, const beast::flat_buffer& buf, clock::time_point arrival);
+
+    asio::io_context io_{1};
+    Shared& shared_;
+    tcp::acceptor acceptor_;
+    upstream::Pool pool_;
+    proxy::Context pctx_;
+    std::list<Session*> sessions_;
+};
+
+awaitable<void> Worker::accept_loop() {
+    for (;;) {
+        error_code ec;
+        tcp::socket sock = co_await acceptor_.async_accept(asio::redirect_error(use_awaitable, ec));
+        if (ec) {
+            if (shared_.stopping || ec == asio::error::operation_aborted || !acceptor_.is_open()) co_return;
+            // Out of file descriptors or a transient error: back off briefly rather than spin.
+            spdlog::warn("accept failed: {}", ec.message());
+            asio::steady_timer t(io_, std::chrono::milliseconds(50));
+            co_await t.async_wait(asio::redirect_error(use_awaitable, ec));
+            continue;
+        }
+        asio::co_spawn(io_, session(std::move(sock)), asio::detached);
+    }
+}
+
+awaitable<void> Worker::session(tcp::socket sock) {
+    error_code ec;
+    sock.set_option(tcp::no_delay(true), ec);
+    const auto remote = sock.remote_endpoint(ec);
+    const bool local_client = !ec && is_loopback(remote.address());
+    Session s(std::move(sock));
+    auto it = sessions_.insert(sessions_.end(), &s);
+    beast::flat_buffer buf;
+    const auto& cfg = shared_.cfg.server;
+
+    for (;;) {
+        if (shared_.stopping) break;
+        if (buf.size() == 0) {
+            // Idle keep-alive: wait for the first byte of the next request.
+            s.idle = true;
+            s.stream.expires_after(seconds(cfg.idle_timeout_s));
+            const std::size_t n =
+                co_await s.stream.async_read_some(buf.prepare(4096), asio::redirect_error(use_awaitable, ec));
+            s.idle = false;
+            if (ec) break; // closed, idle timeout or drained
+            buf.commit(n);
+        }
+        shared_.busy.fetch_add(1);
+        bool keep = false;
+        try {
+            keep = co_await handle_one(s, buf, local_client);
+        } catch (const std::exception& e) {
+            spdlog::error("session error: {}", e.what());
+        }
+        shared_.busy_done();
+        if (!keep) break;
+    }
+    s.stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+    s.stream.socket().close(ec);
+    sessions_.erase(it);
+}
+
+void Worker::meter_unparsed(int status, const beast::flat_buffer& buf, clock::time_point arrival) {
+    // A request whose head could not be parsed is metered only when its
+    // request line shows it was for /v1/.
+    auto data = beast::buffers_to_string(buf.data());
+    auto sp = data.find(' ');
+    if (sp == std::string::npos || data.compare(sp + 1, 4, "/v1/") != 0) return;
+    metrics::Record r;
+    r.status = status;
+    r.latency_s = std::chrono::duration<double>(clock::now() - arrival).count();
+    r.finished_at = std::chrono::system_clock::now();
+    shared_.engine.record(r);
+}
+
+awaitable<bool> Worker::reply(Session& s, http::response<http::string_body>& res) {
+    error_code ec;
+    s.stream.expires_after(seconds(shared_.cfg.server.header_timeout_s));
+    co_await http::async_write(s.stream, res, asio::redirect_error(use_awaitable, ec));
+    co_return !ec && res.keep_alive();
+}
+
+awaitable<bool> Worker::handle_one(Session& s, beast::flat_buffer& buf, bool local_client) {
+    const auto arrival = clock::now();
+    const auto& cfg = shared_.cfg;
+    error_code ec;
+
+    http::request_parser<http::string_body> parser;
+    parser.header_limit(cfg.server.max_header_bytes);
+    // The body limit is set once the head is in: Beast checks Content-Length
+    // against it while finishing the head, and we answer that case ourselves
+    // (413, metered) rather than as a malformed head.
+    parser.body_limit(std::numeric_limits<std::uint64_t>::max());
+    s.stream.expires_after(seconds(cfg.server.header_timeout_s));
+    co_await http::async_read_header(s.stream, buf, parser, asio::redirect_error(use_awaitable, ec));
+    if (ec) {
+        if (ec == http::error::header_limit) {
+            meter_unparsed(431, buf, arrival);
+            auto res = proxy::error_response(http::status::request_header_fields_too_large, "header_too_large",
+                                             "request head exceeds server.max_header_bytes", 11, false, {});
+            co_await reply(s, res);
+        } else if (ec == beast::error::timeout) {
+            auto res = proxy::error_response(http::status::request_timeout, "header_timeout",
+                                             "request head not received within server.header_timeout_s", 11,
+                                             false, {});
+            co_await reply(s, res);
+        } else if (ec != http::error::end_of_stream && ec != asio::error::eof &&
+                   ec != asio::error::connection_reset && ec != asio::error::operation_aborted) {
+            auto res = proxy::error_response(http::status::bad_request, "bad_request",
+                                             "malformed HTTP request: " + ec.message(), 11, false, {});
+            co_await reply(s, res);
+        }
+        co_return false;
+    }
+
+    parser.body_limit(cfg.server.max_request_body_bytes);
+    auto& req = parser.get();
+    const std::string_view target = req.target();
+    if (target.substr(0, 4) != "/v1/") {
+        // Admin endpoints and 404s: read (and bound) the body, never metered.
+        if (!parser.is_done()) {
+            s.stream.expires_after(seconds(cfg.server.header_timeout_s));
+            co_await http::async_read(s.stream, buf, parser, asio::redirect_error(use_awaitable, ec));
+            if (ec) {
+                if (ec == http::error::body_limit) {
+                    auto res = proxy::error_response(http::status::payload_too_large, "body_too_large",
+                                                     "request body exceeds server.max_request_body_bytes",
+                                                     req.version(), false, {});
+                    co_await reply(s, res);
+                }
+                co_return false;
+            }
+        }
+        co_return co_await admin(s, req);
+    }
+
+    // A /v1/ request: metered whatever happens from here on.
+    shared_.engine.request_started();
+    struct InFlight {
+        metrics::Engine& e;
+        ~InFlight() { e.request_finished(); }
+    } in_flight{shared_.engine};
+
+    std::string rid = proxy::request_id(req["X-Request-Id"]);
+    const unsigned version = req.version();
+    const bool keep_alive = req.keep_alive();
+
+    if (shared_.protect && !local_client) {
+        co_return co_await proxy::reject(
+            pctx_, s.stream, http::status::forbidden, "protected_mode",
+            "relaymeter spends its own upstream key and serves only loopback clients: configure auth.keys or "
+            "set server.protected_mode: false",
+            version, false, "none", rid, arrival);
+    }
+    if (cfg.auth.enabled) {
+        const auto presented = bearer(req[http::field::authorization]);
+        bool ok = false;
+        for (const auto& k : cfg.auth.keys) ok |= constant_time_equal(presented, k.key);
+        if (!ok) {
+            co_return co_await proxy::reject(pctx_, s.stream, http::status::unauthorized, "invalid_api_key",
+                                             "missing or invalid relaymeter API key", version, false, "none", rid,
+                                             arrival);
+        }
+    }
+    if (auto len = parser.content_length(); len && *len > cfg.server.max_request_body_bytes) {
+        co_return co_await proxy::reject(pctx_, s.stream, http::status::payload_too_large, "body_too_large",
+                                         "request body exceeds server.max_request_body_bytes", version, false,
+                                         "none", rid, arrival);
+    }
+    if (!parser.is_done()) {
+        if (beast::iequals(req[http::field::expect], "100-continue")) {
+            http::response<http::empty_body> cont{http::status::continue_, version};
+            s.stream.expires_after(seconds(cfg.server.header_timeout_s));
+            co_await http::async_write(s.stream, cont, asio::redirect_error(use_awaitable, ec));
+            if (ec) co_return false;
+        }
+        s.stream.expires_after(seconds(cfg.upstream.request_timeout_s));
+        co_await http::async_read(s.stream, buf, parser, asio::redirect_error(use_awaitable, ec));
+        if (ec) {
+            if (ec == http::error::body_limit) {
+                co_return co_await proxy::reject(pctx_, s.stream, http::status::payload_too_large, "body_too_large",
+                                                 "request body exceeds server.max_request_body_bytes", version,
+                                                 false, "none", rid, arrival);
+            }
+            if (ec == beast::error::timeout) {
+                co_return co_await proxy::reject(pctx_, s.stream, http::status::request_timeout, "body_timeout",
+                                                 "request body not received in time", version, false, "none", rid,
+                                                 arrival);
+            }
+            // The client went away or sent a broken body: record it, answer if we still can.
+            const bool gone = ec == http::error::end_of_stream || ec == asio::error::eof ||
+                              ec == asio::error::connection_reset;
+            co_return co_await proxy::reject(pctx_, s.stream, gone ? static_cast<http::status>(499) : http::status::bad_request,
+                                             gone ? "client_closed" : "bad_request",
+                                             "malformed request body: " + ec.message(), version, false, "none", rid,
+                                             arrival);
+        }
+    }
+    const bool keep = co_await proxy::forward(pctx_, s.stream, req, std::move(rid), arrival);
+    co_return keep && keep_alive;
+}
+
+awaitable<bool> Worker::admin(Session& s, http::request<http::string_body>& req) {
+    const std::string_view target = req.target();
+    const std::string_view path = target.substr(0, target.find('?'));
+    const unsigned version = req.version();
+    const bool keep_alive = req.keep_alive();
+    const auto& cfg = shared_.cfg;
+
+    auto text = [&](http::status st, std::string body, std::string_view type) {
+        http::response<http::string_body> res{st, version};
+        res.set(http::field::content_type, type);
+        res.set(http::field::cache_control, "no-store");
+        res.body() = std::move(body);
+        res.keep_alive(keep_alive);
+        res.prepare_payload();
+        return res;
+    };
+
+    const bool known = path == "/metrics" || path == "/summary" || path == "/healthz";
+    if (!known) {
+        auto res = proxy::error_response(http::status::not_found, "not_found",
+                                         "no such endpoint; the API is under /v1/", version, keep_alive, {});
+        co_return co_await reply(s, res);
+    }
+    if (req.method() != http::verb::get && req.method() != http::verb::head) {
+        auto res = proxy::error_response(http::status::method_not_allowed, "method_not_allowed",
+                                         "use GET", version, keep_alive, {});
+        res.set(http::field::allow, "GET, HEAD");
+        co_return co_await reply(s, res);
+    }
+    if (path != "/healthz" && !cfg.admin.token.empty() &&
+        !constant_time_equal(bearer(req[http::field::authorization]), cfg.admin.token)) {
+        auto res = proxy::error_response(http::status::unauthorized, "invalid_admin_token",
+                                         "this endpoint needs the admin bearer token", version, keep_alive, {});
+        res.set(http::field::www_authenticate, "Bearer");
+        co_return co_await reply(s, res);
+    }
+
+    http::response<http::string_body> res;
+    if (path == "/healthz") {
+        res = text(http::status::ok, "ok\n", "text/plain; charset=utf-8");
+    } else if (path == "/metrics") {
+        res = text(http::status::ok, metrics::render_prometheus(shared_.engine.snapshot(), shared_.expo),
+                   "text/plain; version=0.0.4; charset=utf-8");
+    } else if (query_has(target, "format=table")) {
+        res = text(http::status::ok, metrics::render_summary_table(shared_.engine.snapshot()),
+                   "text/plain; charset=utf-8");
+    } else {
+        res = text(http::status::ok, metrics::render_summary(shared_.engine.snapshot()).dump(2) + "\n",
+                   "application/json");
+    }
+    if (req.method() == http::verb::head) {
+        const auto len = res.body().size();
+        res.body().clear();
+        res.content_length(len);
+    }
+    co_return co_await reply(s, res);
+}
+
+std::string host_header(const config::UpstreamConfig& u) {
+    const bool v6 = u.host.find(':') != std::string::npos;
+    std::string h = v6 ? "[" + u.host + "]" : u.host;
+    if (u.port != (u.tls ? 443 : 80)) h += ":" + std::to_string(u.port);
+    return h;
+}
+
+} // namespace
+
+int run(const config::Config& cfg, metrics::Engine& engine, Hooks hooks) {
+    Shared shared{cfg, engine, {}, nullptr, host_header(cfg.upstream)};
+    shared.expo.const_labels = cfg.metrics.labels;
+    shared.expo.version = RELAYMETER_VERSION;
+    shared.protect = cfg.server.protected_mode && !cfg.upstream.api_key.empty() && !cfg.auth.enabled;
+
+    std::unique_ptr<ssl::context> tls;
+    if (cfg.upstream.tls) {
+        tls = upstream::make_tls_context(cfg.upstream);
+        shared.tls = tls.get();
+    }
+
+    unsigned threads = cfg.server.threads ? cfg.server.threads : std::max(1u, std::thread::hardware_concurrency());
+    const unsigned per_worker = std::max(1u, cfg.upstream.max_connections / threads);
+
+    // Resolve the listen address.
+    asio::io_context setup;
+    tcp::resolver resolver(setup);
+    auto results = resolver.resolve(cfg.server.listen_host, std::to_string(cfg.server.listen_port),
+                                    tcp::resolver::passive);
+    tcp::endpoint ep = results.begin()->endpoint();
+
+    std::vector<std::unique_ptr<Worker>> workers;
+    for (unsigned i = 0; i < threads; ++i) {
+        workers.push_back(std::make_unique<Worker>(shared, per_worker));
+        ep = workers.back()->listen(ep); // the first bind fixes the port when 0 was asked
+    }
+    const std::string shown = ep.address().is_v6() ? "[" + ep.address().to_string() + "]" : ep.address().to_string();
+    spdlog::info("listening on {}:{} ({} threads), upstream {}", shown, ep.port(), threads, cfg.upstream.base_url);
+    if (shared.protect) {
+        spdlog::warn("protected mode: upstream.api_key is set and auth is off, so only loopback clients are served; "
+                     "configure auth.keys or set server.protected_mode: false");
+    }
+
+    // Signals are handled on this thread.
+    asio::io_context sig_io{1};
+    asio::signal_set signals(sig_io, SIGTERM, SIGINT, SIGHUP);
+    std::function<void(const error_code&, int)> on_signal = [&](const error_code& ec, int sig) {
+        if (ec) return;
+        if (sig == SIGHUP) {
+            if (hooks.on_reload) hooks.on_reload();
+            signals.async_wait(on_signal);
+            return;
+        }
+        spdlog::info("signal {}: draining (up to {} s)", sig, cfg.server.drain_timeout_s);
+        sig_io.stop();
+    };
+    signals.async_wait(on_signal);
+
+    for (auto& w : workers) w->start();
+    std::vector<std::thread> pool;
+    for (auto& w : workers) {
+        pool.emplace_back([&w] {
+            for (;;) {
+                try {
+                    w->io().run();
+                    return;
+                } catch (const std::exception& e) {
+                    spdlog::error("worker: {}", e.what());
+                }
+            }
+        });
+    }
+
+    sig_io.run();
+
+    // Drain: stop accepting, close idle connections, let in-flight requests finish.
+    shared.stopping = true;
+    for (auto& w : workers) w->begin_drain();
+    {
+        std::unique_lock lk(shared.mu);
+        const bool drained = shared.cv.wait_for(lk, std::chrono::duration<double>(cfg.server.drain_timeout_s),
+                                                [&] { return shared.busy.load() == 0; });
+        if (!drained) spdlog::warn("drain timeout: {} requests still in flight are cut off", shared.busy.load());
+    }
+    for (auto& w : workers) w->stop();
+    for (auto& t : pool) t.join();
+    workers.clear();
+    spdlog::info("stopped");
+    return 0;
+}
+
+} // namespace relaymeter::server
