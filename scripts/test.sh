@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds, and runs every test (unit and integration,
+# against the real daemon on loopback, promtool included).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --tests
+ctest --test-dir build --output-on-failure -j "${RELAYMETER_JOBS:-2}" --timeout 300
