@@ -9,7 +9,9 @@ packages=(build-essential cmake pkg-config libboost-dev libboost-system-dev libb
           libssl-dev nlohmann-json3-dev libspdlog-dev libyaml-cpp-dev)
 if [[ "${1:-}" == "--tests" ]]; then
   # promtool (prometheus) checks /metrics; curl and openssl are used by tests.
-  packages+=(catch2 prometheus curl openssl)
+  # tests/stack: chromium (dashboard page), docker-compose (config check),
+  # prometheus-alertmanager (amtool), python3.
+  packages+=(catch2 prometheus curl openssl chromium docker-compose prometheus-alertmanager python3)
 fi
 
 missing=()

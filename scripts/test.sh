@@ -5,3 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --tests
 ctest --test-dir build --output-on-failure -j "${RELAYMETER_JOBS:-2}" --timeout 300
+bash tests/stack/run.sh   # docker/ checks, Grafana PromQL on a real Prometheus, /dashboard in Chromium
