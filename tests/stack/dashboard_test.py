@@ -271,11 +271,12 @@ def main():
             check(page["bars"] >= 1, "cost-per-hour chart draws the hourly bars", f"{page['bars']} bars")
 
             # full-page screenshot
-            h = evaluate(cdp, sid, "Math.ceil(document.documentElement.scrollHeight)")
-            cdp.call("Emulation.setDeviceMetricsOverride",
-                     {"width": 1440, "height": int(h), "deviceScaleFactor": 1, "mobile": False}, session=sid)
-            wait_polls(cdp, sid, int(evaluate(cdp, sid, "document.body.dataset.polls")) + 1)  # re-rendered at that size
-            shot = cdp.call("Page.captureScreenshot", {"format": "png"}, session=sid, timeout=60)["data"]
+            # full page: clip to the laid-out content size, beyond the viewport
+            size = cdp.call("Page.getLayoutMetrics", session=sid)["cssContentSize"]
+            shot = cdp.call("Page.captureScreenshot", {
+                "format": "png", "captureBeyondViewport": True,
+                "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}},
+                session=sid, timeout=60)["data"]
             import base64
             png = base64.b64decode(shot)
             path = os.path.join(common.ARTIFACTS, "dashboard.png")
