@@ -209,7 +209,8 @@ def check_prometheus():
     os.makedirs(common.ARTIFACTS, exist_ok=True)
     # every 10th response is a 429: error-rate and status-code panels get data
     fake, rm, port = common.start_pair(work, ["--error-rate", "0.1", "--error-status", "429",
-                                              "--latency-ms", "5", "--chunks", "4", "--chunk-interval-ms", "2"])
+                                              "--latency-ms", "5", "--chunks", "4", "--chunk-interval-ms", "2"],
+                                       extra_config="alerts: { interval_s: 1 }\n")
     print(f"  relaymeter on 127.0.0.1:{port}; logs kept in {os.path.join(common.ARTIFACTS, 'logs', 'stack')}")
     common.drive(port, rounds=4)
     traffic = common.Background(port)
@@ -313,6 +314,23 @@ def check_prometheus():
             got = sorted(x["metric"].get("model", "all") for x in res)
             report(got == expect[name], f"alert expression {name} agrees with /summary",
                    f"Prometheus: {', '.join(got) or 'none'}; /summary: {', '.join(expect[name]) or 'none'}")
+
+        # The daemon's own alert engine (GET /alerts, when the daemon has it) fires
+        # the same (type, model) pairs as the rule expressions select.
+        status, _ = common.request(port, "GET", "/alerts")
+        if status != 200:
+            print(f"  [SKIP] daemon /alerts answers {status}: no alert engine in this build to compare with")
+        else:
+            types = {"HighLatency": "high_latency", "HighErrorRate": "high_error_rate", "HighCost": "high_cost"}
+            want = sorted((types[name], m if m != "all" else "") for name, ms in expect.items() for m in ms)
+            got, deadline = None, time.monotonic() + 30
+            while time.monotonic() < deadline:  # the engine evaluates every alerts.interval_s (1 s here)
+                got = sorted((a["type"], a.get("model") or "") for a in common.get_json(port, "/alerts")["alerts"])
+                if got == want:
+                    break
+                time.sleep(0.25)
+            report(got == want, "daemon /alerts agrees with the Prometheus rules",
+                   f"/alerts: {got}; rules: {want}")
     finally:
         errors = traffic.stop()
         if errors:
