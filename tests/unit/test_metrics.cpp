@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "unit/fixtures.hpp"
 #include "relaymeter/metrics/engine.hpp"
 #include "relaymeter/metrics/histogram.hpp"
 #include "relaymeter/metrics/price_table.hpp"
@@ -22,36 +23,9 @@ using metrics::LatencyHistogram;
 using metrics::PriceTable;
 using metrics::Record;
 
+using namespace relaymeter::testfixtures;
+
 namespace {
-
-usage::Usage make_usage(std::uint64_t in, std::uint64_t out, std::uint64_t cached = 0, std::uint64_t reasoning = 0) {
-    usage::Usage u;
-    u.input = in;
-    u.output = out;
-    u.cached_input = cached;
-    u.reasoning = reasoning;
-    u.present = true;
-    return u;
-}
-
-Record make_record(std::string model, int status, double latency_s, usage::Usage u = {}) {
-    Record r;
-    r.model = std::move(model);
-    r.status = status;
-    r.latency_s = latency_s;
-    r.usage = u;
-    r.finished_at = std::chrono::system_clock::now();
-    return r;
-}
-
-std::map<std::string, config::Price> default_prices() {
-    return {
-        {"gpt-4.1", {8.00, 32.00, std::nullopt}},
-        {"claude-sonnet-4.5", {15.00, 75.00, std::nullopt}},
-        {"gemini-2.5-flash", {2.50, 10.00, std::nullopt}},
-        {"deepseek-v3.2", {0.42, 1.68, 0.042}},
-    };
-}
 
 // The exact nearest-rank quantile: the value at 1-based rank ceil(q * n)
 // (at least 1), over the sorted values. Same rank rule as the sketch.

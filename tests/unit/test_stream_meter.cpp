@@ -8,22 +8,15 @@
 #include <string_view>
 #include <vector>
 
+#include "unit/fixtures.hpp"
 #include "relaymeter/usage/usage.hpp"
 
 using relaymeter::usage::StreamMeter;
 using relaymeter::usage::Usage;
 
-namespace {
+using relaymeter::testfixtures::make_usage;
 
-Usage make_usage(std::uint64_t in, std::uint64_t out, std::uint64_t cached = 0, std::uint64_t reasoning = 0) {
-    Usage u;
-    u.input = in;
-    u.output = out;
-    u.cached_input = cached;
-    u.reasoning = reasoning;
-    u.present = true;
-    return u;
-}
+namespace {
 
 struct Run {
     std::string out;

@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "unit/fixtures.hpp"
 #include "relaymeter/usage/usage.hpp"
 
 using relaymeter::usage::inject_include_usage;
@@ -21,17 +22,9 @@ using relaymeter::usage::parse_usage_object;
 using relaymeter::usage::sanitize_model;
 using relaymeter::usage::Usage;
 
-namespace {
+using relaymeter::testfixtures::make_usage;
 
-Usage make_usage(std::uint64_t in, std::uint64_t out, std::uint64_t cached = 0, std::uint64_t reasoning = 0) {
-    Usage u;
-    u.input = in;
-    u.output = out;
-    u.cached_input = cached;
-    u.reasoning = reasoning;
-    u.present = true;
-    return u;
-}
+namespace {
 
 // The bytes that differ between `a` and `b`, after removing their longest
 // common prefix and then their longest common suffix: {from a, from b}.
