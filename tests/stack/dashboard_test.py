@@ -13,7 +13,8 @@ http://127.0.0.1:PORT/dashboard and asserts:
     (and what was sent), success/error %, p95, tokens in/out, cost, cost per
     1k tokens, priced; the displayed text is the formatted number;
   - the alerts banner shows what /alerts says (once the daemon has /alerts);
-  - with live traffic the charts draw series.
+  - with live traffic the charts draw series;
+  - /dashboard?token=T sends "Authorization: Bearer T" with its requests.
 Saves build/artifacts/dashboard.png (full page). Exit status 0 when passed.
 Set DASHBOARD_SCREENSHOT=PATH to also copy the screenshot there.
 """
@@ -289,8 +290,20 @@ def main():
             errs = traffic.stop()
             check(not errs, "background traffic", "; ".join(errs[:3]))
 
+        # --- ?token= is sent as a Bearer token on the page's requests
+        events = list(cdp.drain())
+        cdp.events.clear()
+        cdp.call("Page.navigate", {"url": url + "&token=stack-test-token"}, session=sid)
+        cdp.wait_event("Page.loadEventFired", session=sid, timeout=30)
+        wait_polls(cdp, sid, 1)
+        tok = [e for e in cdp.drain() if e.get("method") == "Network.requestWillBeSent"
+               and "/summary" in e["params"]["request"]["url"]]
+        check(bool(tok) and all(e["params"]["request"]["headers"].get("Authorization") == "Bearer stack-test-token"
+                                for e in tok),
+              "?token= is sent as Authorization: Bearer on /summary", f"{len(tok)} /summary requests")
+
         # --- the browser's own record: same origin only, no JS errors
-        events = cdp.drain()
+        events += cdp.drain()
         reqs = [e["params"]["request"]["url"] for e in events if e.get("method") == "Network.requestWillBeSent"]
         foreign = sorted({u for u in reqs if not (u.startswith(base + "/") or u.startswith("data:"))})
         check(bool(reqs) and not foreign, "every request of the page went to relaymeter itself",
