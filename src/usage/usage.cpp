@@ -1,9 +1,9 @@
 #include "relaymeter/usage/usage.hpp"
 
+#include <array>
+#include <charconv>
 #include <cmath>
 #include <optional>
-
-#include <nlohmann/json.hpp>
 
 #include "usage/json_scan.hpp"
 
@@ -20,31 +20,83 @@ using detail::Walk;
 // Largest count we accept: beyond 2^53 a JSON number is not exact anyway.
 constexpr std::uint64_t kMaxCount = std::uint64_t{1} << 53;
 
-// A token count: a non-negative integral number no larger than kMaxCount.
-std::optional<std::uint64_t> count_of(const nlohmann::json& object, const char* key) {
-    const auto it = object.find(key);
-    if (it == object.end()) return std::nullopt;
-    if (it->is_number_unsigned()) {
-        const auto v = it->get<std::uint64_t>();
+// A token count from a JSON number's text: a non-negative integral number no
+// larger than kMaxCount ("12", "12.0" and "1e3" are counts; "12.5", "-1",
+// "1e300" or a string are not).
+std::optional<std::uint64_t> count_of(std::string_view text) {
+    if (text.empty() || !(text.front() == '-' || (text.front() >= '0' && text.front() <= '9'))) return std::nullopt;
+    std::uint64_t v = 0;
+    auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+    if (ec == std::errc() && p == text.data() + text.size()) {
         if (v <= kMaxCount) return v;
-    } else if (it->is_number_integer()) {
-        const auto v = it->get<std::int64_t>();
-        if (v >= 0 && static_cast<std::uint64_t>(v) <= kMaxCount) return static_cast<std::uint64_t>(v);
-    } else if (it->is_number_float()) {
-        // 12.0 or 1e3 are whole numbers; 12.5, NaN or huge are not counts.
-        const double v = it->get<double>();
-        if (v >= 0 && v <= static_cast<double>(kMaxCount) && std::floor(v) == v)
-            return static_cast<std::uint64_t>(v);
+        return std::nullopt;
     }
+    double d = 0;
+    auto [pd, ecd] = std::from_chars(text.data(), text.data() + text.size(), d);
+    if (ecd != std::errc() || pd != text.data() + text.size()) return std::nullopt;
+    if (d >= 0 && d <= static_cast<double>(kMaxCount) && std::floor(d) == d) return static_cast<std::uint64_t>(d);
     return std::nullopt;
 }
 
-std::optional<std::uint64_t> detail_count(const nlohmann::json& usage, const char* details,
-                                          const char* key) {
-    const auto it = usage.find(details);
-    if (it == usage.end() || !it->is_object()) return std::nullopt;
-    return count_of(*it, key);
-}
+constexpr std::size_t kNumberCapture = 40;
+
+// The counts of one usage object, read by the structural scanner (no DOM):
+// top-level *_tokens and the cached/reasoning counts in the *_details objects.
+// Duplicate keys: the last one wins.
+class UsageHandler final : public detail::JsonScanHandler {
+public:
+    Directive on_key(std::string_view key, int depth) override {
+        if (depth == 1) {
+            if (key == "prompt_tokens" || key == "completion_tokens" || key == "input_tokens" ||
+                key == "output_tokens")
+                return {Walk::capture, kNumberCapture};
+            if (key == "prompt_tokens_details" || key == "input_tokens_details" ||
+                key == "completion_tokens_details" || key == "output_tokens_details") {
+                parent_ = slot_of_details(key);
+                slots_[parent_] = std::nullopt; // a later details object replaces an earlier one
+                return {Walk::descend, 0};
+            }
+        } else if (depth == 2) {
+            const bool cached = parent_ == kPromptDetails || parent_ == kInputDetails;
+            if ((cached && key == "cached_tokens") || (!cached && key == "reasoning_tokens"))
+                return {Walk::capture, kNumberCapture};
+        }
+        return {};
+    }
+
+    void on_value(const MemberValue& v) override {
+        if (v.depth == 1) {
+            if (v.key == "prompt_tokens") slots_[kPrompt] = count_of(v.text);
+            else if (v.key == "completion_tokens") slots_[kCompletion] = count_of(v.text);
+            else if (v.key == "input_tokens") slots_[kInput] = count_of(v.text);
+            else if (v.key == "output_tokens") slots_[kOutput] = count_of(v.text);
+        } else if (v.depth == 2 && (v.key == "cached_tokens" || v.key == "reasoning_tokens")) {
+            // on_key only captured the one this details object counts.
+            if (!v.text.empty()) slots_[parent_] = v.truncated ? std::nullopt : count_of(v.text);
+        }
+    }
+
+    Usage result() const {
+        Usage u;
+        u.present = true;
+        u.input = slots_[kPrompt].value_or(slots_[kInput].value_or(0));
+        u.output = slots_[kCompletion].value_or(slots_[kOutput].value_or(0));
+        u.cached_input = slots_[kPromptDetails].value_or(slots_[kInputDetails].value_or(0));
+        u.reasoning = slots_[kCompletionDetails].value_or(slots_[kOutputDetails].value_or(0));
+        return u;
+    }
+
+private:
+    enum Slot { kPrompt, kCompletion, kInput, kOutput, kPromptDetails, kInputDetails, kCompletionDetails, kOutputDetails, kSlots };
+    static Slot slot_of_details(std::string_view key) {
+        if (key == "prompt_tokens_details") return kPromptDetails;
+        if (key == "input_tokens_details") return kInputDetails;
+        if (key == "completion_tokens_details") return kCompletionDetails;
+        return kOutputDetails;
+    }
+    std::array<std::optional<std::uint64_t>, kSlots> slots_{};
+    Slot parent_ = kPromptDetails;
+};
 
 // Capture limit for a model value: enough raw bytes for kMaxModelName
 // characters even when each is written as a 6-byte \u escape.
@@ -147,17 +199,11 @@ private:
 } // namespace
 
 Usage parse_usage_object(std::string_view json_object) {
-    Usage u;
-    // No exceptions: a parse error gives a discarded value.
-    const auto j = nlohmann::json::parse(json_object.begin(), json_object.end(), nullptr, false);
-    if (j.is_discarded() || !j.is_object()) return u;
-    u.present = true;
-    u.input = count_of(j, "prompt_tokens").value_or(count_of(j, "input_tokens").value_or(0));
-    u.output = count_of(j, "completion_tokens").value_or(count_of(j, "output_tokens").value_or(0));
-    u.cached_input = detail_count(j, "prompt_tokens_details", "cached_tokens")
-                         .value_or(detail_count(j, "input_tokens_details", "cached_tokens").value_or(0));
-    u.reasoning = detail_count(j, "completion_tokens_details", "reasoning_tokens")
-                      .value_or(detail_count(j, "output_tokens_details", "reasoning_tokens").value_or(0));
+    UsageHandler handler;
+    JsonScanner scanner;
+    scanner.feed(json_object, handler);
+    if (scanner.finish() != JsonScanner::Status::complete) return {};
+    Usage u = handler.result();
     // Cached tokens are part of the input, reasoning tokens part of the output:
     // a relay saying otherwise must not make the cost formula go negative.
     if (u.cached_input > u.input) u.cached_input = u.input;
