@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 
 #include <atomic>
+#include <csignal>
 #include <condition_variable>
 #include <limits>
 #include <list>
@@ -469,6 +470,16 @@ int run(const config::Config& cfg, metrics::Engine& engine, Hooks hooks) {
     }
 
     sig_io.run();
+    // Draining: a second SIGTERM/SIGINT (a supervisor repeating itself) must
+    // not kill the process mid-drain; the drain is bounded by drain_timeout_s.
+    // (clear() restores the default action, so ignore right after it.)
+    {
+        error_code ignored;
+        signals.clear(ignored);
+        std::signal(SIGTERM, SIG_IGN);
+        std::signal(SIGINT, SIG_IGN);
+        std::signal(SIGHUP, SIG_IGN);
+    }
 
     // Drain: stop accepting, close idle connections, let in-flight requests finish.
     shared.stopping = true;
