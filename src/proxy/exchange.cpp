@@ -5,6 +5,7 @@
 #include <limits>
 #include <mutex>
 #include <random>
+#include <span>
 #include <unordered_set>
 
 #include <nlohmann/json.hpp>
@@ -17,8 +18,6 @@
 namespace relaymeter::proxy {
 
 namespace {
-
-constexpr std::size_t kRelayBuffer = 16 * 1024;
 
 bool iequals(std::string_view a, std::string_view b) { return beast::iequals(a, b); }
 
@@ -107,6 +106,82 @@ beast::tcp_stream& lowest(Stream& s) {
     return beast::get_lowest_layer(s);
 }
 
+// The client's response head: the upstream's status and headers less the
+// hop-by-hop ones, plus our request id and the framing chosen for the client.
+void build_head(std::string& out, const http::response_header<>& up, unsigned version, bool keep_length,
+                bool chunked, bool keep_alive, std::string_view rid) {
+    // Headers named by Connection are hop-by-hop too (rare: collected only then).
+    std::vector<std::string_view> named;
+    for (auto [it, end] = up.equal_range(http::field::connection); it != end; ++it)
+        for (auto const& name : http::token_list{it->value()}) named.push_back(name);
+
+    out.clear();
+    out.append(version >= 11 ? "HTTP/1.1 " : "HTTP/1.0 ");
+    out.append(std::to_string(up.result_int()));
+    out.push_back(' ');
+    out.append(up.reason());
+    out.append("\r\n");
+    for (auto const& f : up) {
+        switch (f.name()) {
+        case http::field::connection:
+        case http::field::keep_alive:
+        case http::field::proxy_authenticate:
+        case http::field::proxy_authorization:
+        case http::field::te:
+        case http::field::trailer:
+        case http::field::transfer_encoding:
+        case http::field::upgrade:
+            continue;
+        case http::field::content_length:
+            if (!keep_length) continue;
+            break;
+        default:
+            if (beast::iequals(f.name_string(), "proxy-connection")) continue;
+            break;
+        }
+        bool listed = false;
+        for (auto n : named) listed |= beast::iequals(n, f.name_string());
+        if (listed) continue;
+        out.append(f.name_string()).append(": ").append(f.value()).append("\r\n");
+    }
+    out.append("X-Relaymeter-Request-Id: ").append(rid).append("\r\n");
+    if (chunked) out.append("Transfer-Encoding: chunked\r\n");
+    if (version >= 11 && !keep_alive) out.append("Connection: close\r\n");
+    if (version < 11 && keep_alive) out.append("Connection: keep-alive\r\n");
+    out.append("\r\n");
+}
+
+// A 16 KiB relay buffer from a per-thread free list: no allocation per
+// exchange once warm, and nothing held by idle connections.
+class RelayBuffer {
+public:
+    static constexpr std::size_t kSize = 16 * 1024;
+    RelayBuffer() {
+        auto& fl = free_list();
+        if (fl.empty()) {
+            buf_ = std::make_unique<char[]>(kSize);
+        } else {
+            buf_ = std::move(fl.back());
+            fl.pop_back();
+        }
+    }
+    ~RelayBuffer() {
+        auto& fl = free_list();
+        if (fl.size() < 64) fl.push_back(std::move(buf_));
+    }
+    RelayBuffer(const RelayBuffer&) = delete;
+    RelayBuffer& operator=(const RelayBuffer&) = delete;
+    char* data() { return buf_.get(); }
+    static constexpr std::size_t size() { return kSize; }
+
+private:
+    static std::vector<std::unique_ptr<char[]>>& free_list() {
+        thread_local std::vector<std::unique_ptr<char[]>> list;
+        return list;
+    }
+    std::unique_ptr<char[]> buf_;
+};
+
 class Exchange {
 public:
     Exchange(Context& ctx, beast::tcp_stream& client, Request& req, const std::string& rid, clock::time_point arrival)
@@ -118,7 +193,10 @@ private:
     template <class Stream>
     awaitable<void> relay(Stream& up);
     awaitable<void> fail(http::status status, std::string_view code, std::string message);
-    awaitable<bool> write_client(asio::const_buffer data);
+    // Writes what the client has not had yet: the response head (first call
+    // only), `data` (chunk-framed when chunked), and the last chunk when
+    // `last`, in one gather write. False when the client went away.
+    awaitable<bool> send(std::string_view data, bool last);
 
     Context& ctx_;
     const config::Config& cfg_;
@@ -130,6 +208,8 @@ private:
     bool strip_ = false;
     bool chunked_out_ = false;
     bool reusable_ = false;
+    bool head_sent_ = false;
+    std::string head_; // the client's response head, serialized
     upstream::Connection* conn_ = nullptr;
 };
 
@@ -147,14 +227,31 @@ awaitable<void> Exchange::fail(http::status status, std::string_view code, std::
     }
 }
 
-awaitable<bool> Exchange::write_client(asio::const_buffer data) {
-    error_code ec;
-    client_.expires_after(seconds(meter_.streamed ? cfg_.streaming.idle_timeout_s : cfg_.upstream.request_timeout_s));
-    if (chunked_out_) {
-        co_await asio::async_write(client_, http::make_chunk(data), asio::redirect_error(use_awaitable, ec));
-    } else {
-        co_await asio::async_write(client_, data, asio::redirect_error(use_awaitable, ec));
+awaitable<bool> Exchange::send(std::string_view data, bool last) {
+    std::array<asio::const_buffer, 5> bufs;
+    std::size_t n = 0;
+    if (!head_sent_) bufs[n++] = asio::buffer(head_);
+    char size_line[24];
+    if (!data.empty()) {
+        if (chunked_out_) {
+            const int len = std::snprintf(size_line, sizeof size_line, "%zx\r\n", data.size());
+            bufs[n++] = asio::buffer(size_line, static_cast<std::size_t>(len));
+            bufs[n++] = asio::buffer(data);
+            bufs[n++] = asio::buffer("\r\n", 2);
+        } else {
+            bufs[n++] = asio::buffer(data);
+        }
     }
+    if (last && chunked_out_) bufs[n++] = asio::buffer("0\r\n\r\n", 5);
+    if (n == 0) co_return true;
+    // Non-streamed responses keep the one deadline set with the head; a
+    // stream gets the idle timeout again for every write.
+    if (meter_.streamed || !head_sent_)
+        client_.expires_after(seconds(meter_.streamed ? cfg_.streaming.idle_timeout_s : cfg_.upstream.request_timeout_s));
+    head_sent_ = true;
+    error_code ec;
+    co_await asio::async_write(client_, std::span<const asio::const_buffer>(bufs.data(), n),
+                               asio::redirect_error(use_awaitable, ec));
     co_return !ec;
 }
 
@@ -260,82 +357,52 @@ awaitable<void> Exchange::relay(Stream& up) {
     const bool sse = beast::iequals(ures[http::field::content_type].substr(0, 17), "text/event-stream");
     meter_.streamed = sse;
     const bool upstream_keep_alive = ures.keep_alive();
-    const bool has_length = ures.has_content_length();
 
-    // The client's response head: the upstream's, less hop-by-hop headers.
-    http::response<http::empty_body> res;
-    res.result(ures.result_int());
-    res.reason(ures.reason());
-    res.version(client_version_);
-    for (auto const& f : ures) res.insert(f.name_string(), f.value());
-    erase_hop_by_hop(res.base());
-    res.set("X-Relaymeter-Request-Id", meter_.rid);
+    // Framing towards the client: the upstream's Content-Length when the bytes
+    // are relayed unchanged, chunked otherwise (close-delimited for HTTP/1.0).
     const bool body_expected = !parser.is_done();
-    if (body_expected) {
-        if (has_length && !strip_) {
-            // Same bytes, same length.
-        } else {
-            res.erase(http::field::content_length);
-            if (client_version_ >= 11) {
-                chunked_out_ = true;
-                res.chunked(true);
-            } else {
-                client_keep_alive_ = false; // HTTP/1.0: the body ends when the connection closes
-            }
-        }
+    bool keep_length = true;
+    if (body_expected && (strip_ || !ures.has_content_length())) {
+        keep_length = false;
+        if (client_version_ >= 11)
+            chunked_out_ = true;
+        else
+            client_keep_alive_ = false;
     }
-    res.keep_alive(client_keep_alive_);
-
-    http::response_serializer<http::empty_body> sr(res);
-    client_.expires_after(seconds(cfg_.upstream.request_timeout_s));
-    co_await http::async_write_header(client_, sr, asio::redirect_error(use_awaitable, ec));
-    if (ec) {
-        meter_.status = 499;
-        client_keep_alive_ = false;
-        co_return;
-    }
+    build_head(head_, ures, client_version_, keep_length, chunked_out_, client_keep_alive_, meter_.rid);
 
     usage::JsonUsageScanner json;
     usage::StreamMeter stream(strip_);
     std::string out;
-    std::array<char, kRelayBuffer> buf;
+    RelayBuffer buf;
     const auto stream_deadline = cfg_.streaming.total_timeout_s > 0
                                      ? meter_.arrival + seconds(cfg_.streaming.total_timeout_s)
                                      : clock::time_point::max();
     bool client_ok = true;
     error_code up_ec;
-    while (!parser.is_done()) {
+    if (!body_expected) client_ok = co_await send({}, true);
+    while (client_ok && !parser.is_done()) {
         parser.get().body().data = buf.data();
         parser.get().body().size = buf.size();
-        if (sse)
-            up_tcp.expires_at(std::min(clock::now() + seconds(cfg_.streaming.idle_timeout_s), stream_deadline));
-        else
-            up_tcp.expires_at(deadline);
+        if (sse) up_tcp.expires_at(std::min(clock::now() + seconds(cfg_.streaming.idle_timeout_s), stream_deadline));
         co_await http::async_read_some(up, conn_->buffer(), parser, asio::redirect_error(use_awaitable, up_ec));
         if (up_ec == http::error::need_buffer) up_ec = {};
-        const std::size_t n = buf.size() - parser.get().body().size;
-        if (n > 0) {
-            asio::const_buffer data(buf.data(), n);
-            if (sse) {
-                out.clear();
-                stream.feed({buf.data(), n}, out);
-                data = asio::buffer(out);
-            } else {
-                json.feed({buf.data(), n});
-            }
-            if (data.size() > 0) {
-                client_ok = co_await write_client(data);
-                if (!client_ok) break;
-                if (sse && meter_.ttft_s < 0 && stream.saw_content()) meter_.ttft_s = since(meter_.arrival);
-            }
-        }
         if (up_ec) break;
-    }
-
-    if (client_ok && sse) {
-        out.clear();
-        stream.finish(out);
-        if (!out.empty()) client_ok = co_await write_client(asio::buffer(out));
+        const std::size_t n = buf.size() - parser.get().body().size;
+        const bool last = parser.is_done();
+        std::string_view data(buf.data(), n);
+        if (sse) {
+            out.clear();
+            stream.feed(data, out);
+            if (last) stream.finish(out);
+            data = out;
+        } else {
+            json.feed(data);
+        }
+        if (!data.empty() || last) {
+            client_ok = co_await send(data, last);
+            if (client_ok && sse && meter_.ttft_s < 0 && stream.saw_content()) meter_.ttft_s = since(meter_.arrival);
+        }
     }
     meter_.use = sse ? stream.usage() : json.result();
 
@@ -347,25 +414,19 @@ awaitable<void> Exchange::relay(Stream& up) {
         co_return;
     }
     if (up_ec) {
-        // The client already has its status line: end its response and close.
-        meter_.status = 502;
         meter_.note = up_ec == beast::error::timeout ? "upstream_timeout_mid_response" : "upstream_failed_mid_response";
-        spdlog::warn("rid={} upstream failed after the response began: {}", meter_.rid, up_ec.message());
-        client_keep_alive_ = false;
-        if (chunked_out_) {
-            client_.expires_after(seconds(cfg_.upstream.request_timeout_s));
-            co_await asio::async_write(client_, http::make_chunk_last(), asio::redirect_error(use_awaitable, ec));
-        }
-        co_return;
-    }
-    if (chunked_out_) {
-        client_.expires_after(seconds(cfg_.upstream.request_timeout_s));
-        co_await asio::async_write(client_, http::make_chunk_last(), asio::redirect_error(use_awaitable, ec));
-        if (ec) {
-            meter_.status = 499;
-            client_keep_alive_ = false;
+        if (!head_sent_) {
+            // Nothing reached the client yet: it gets a proper error.
+            co_await fail(up_ec == beast::error::timeout ? http::status::gateway_timeout : http::status::bad_gateway,
+                          meter_.note, "the upstream failed while sending its response: " + up_ec.message());
             co_return;
         }
+        // The client already has its status line: end its response and close.
+        meter_.status = 502;
+        spdlog::warn("rid={} upstream failed after the response began: {}", meter_.rid, up_ec.message());
+        client_keep_alive_ = false;
+        if (chunked_out_) co_await send({}, true);
+        co_return;
     }
     reusable_ = upstream_keep_alive && parser.is_done();
 }
@@ -380,12 +441,21 @@ std::string request_id(std::string_view client_value) {
         }
         if (sane) return std::string(client_value);
     }
-    // 128 random bits per id from a per-thread generator seeded once.
-    thread_local std::mt19937_64 gen{std::random_device{}()};
-    char out[33];
-    std::snprintf(out, sizeof out, "%016llx%016llx", static_cast<unsigned long long>(gen()),
-                  static_cast<unsigned long long>(gen()));
-    return std::string(out, 32);
+    // 128 bits per id: a per-thread splitmix64 stream seeded from the OS.
+    thread_local std::uint64_t state = (static_cast<std::uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}();
+    auto next = [] {
+        std::uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+        return z ^ (z >> 31);
+    };
+    static constexpr char kHex[] = "0123456789abcdef";
+    std::string out(32, '0');
+    for (int half = 0; half < 2; ++half) {
+        std::uint64_t v = next();
+        for (int i = 15; i >= 0; --i, v >>= 4) out[static_cast<std::size_t>(half * 16 + i)] = kHex[v & 15];
+    }
+    return out;
 }
 
 http::response<http::string_body> error_response(http::status status, std::string_view code,

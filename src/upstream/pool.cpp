@@ -14,6 +14,7 @@ namespace {
 // request written into a connection the peer is closing is lost.
 constexpr auto kMaxIdle = std::chrono::seconds(30);
 constexpr auto kResolveCache = std::chrono::seconds(30);
+constexpr auto kTrustIdle = std::chrono::milliseconds(50);
 } // namespace
 
 const char* to_string(ConnectError e) {
@@ -87,7 +88,10 @@ awaitable<Lease> Pool::acquire(clock::time_point deadline) {
         while (!idle_.empty()) {
             auto conn = std::move(idle_.back());
             idle_.pop_back();
-            if (now - conn->idle_since < kMaxIdle && conn->looks_alive()) {
+            // A connection used moments ago is taken as it is (saves a syscall
+            // per request under load); one idle for longer is checked first.
+            const auto idle = now - conn->idle_since;
+            if (idle < kMaxIdle && (idle < kTrustIdle || conn->looks_alive())) {
                 co_return Lease{std::move(conn), true, ConnectError::none, {}};
             }
             error_code ec;
