@@ -27,6 +27,80 @@ std::int64_t hour_of(std::chrono::system_clock::time_point tp) {
     return h * kHour;
 }
 
+// UTC minute index (unix seconds / 60, floored) of tp.
+std::int64_t minute_of(std::chrono::system_clock::time_point tp) {
+    const auto secs = static_cast<std::int64_t>(std::chrono::duration_cast<std::chrono::seconds>(tp.time_since_epoch()).count());
+    std::int64_t m = secs / 60;
+    if (secs % 60 < 0) --m;
+    return m;
+}
+
+std::int64_t hour_of_minute(std::int64_t minute) {
+    std::int64_t h = minute / 60;
+    if (minute % 60 < 0) --h;
+    return h * kHour;
+}
+
+constexpr std::int64_t kNoMinute = std::numeric_limits<std::int64_t>::min();
+
+// What one record adds to a ModelStats (since start and in its minute).
+struct Facts {
+    bool success = false;
+    bool streamed = false;
+    bool unpriced = false;
+    const usage::Usage* usage = nullptr;
+    double cost = 0;
+    double latency = 0;
+    double ttft = -1;
+    int status = 0;
+};
+
+void apply(ModelStats& s, const Facts& f) {
+    ++s.requests;
+    ++(f.success ? s.successes : s.errors);
+    if (f.streamed) ++s.streamed;
+    if (f.unpriced) ++s.unpriced;
+    s.input_tokens += f.usage->input;
+    s.output_tokens += f.usage->output;
+    s.cached_input_tokens += f.usage->cached_input;
+    s.reasoning_tokens += f.usage->reasoning;
+    s.cost_usd += f.cost;
+    s.latency_sum_s += f.latency;
+    ++s.status_codes[f.status];
+    s.latency.observe(f.latency);
+    if (f.ttft >= 0) s.ttft.observe(f.ttft);
+}
+
+// ModelStats whose sketches have the coarse (per-minute) resolution.
+ModelStats coarse_stats() {
+    ModelStats s;
+    s.latency = LatencyHistogram(LatencyHistogram::Resolution::coarse);
+    s.ttft = LatencyHistogram(LatencyHistogram::Resolution::coarse);
+    return s;
+}
+
+// The aggregates of one UTC minute, per canonical model name.
+struct MinuteSlot {
+    std::int64_t minute = kNoMinute;
+    std::unordered_map<std::string, ModelStats> models;
+
+    ModelStats& stats(const std::string& name) {
+        auto it = models.find(name);
+        if (it == models.end()) it = models.emplace(name, coarse_stats()).first;
+        return it->second;
+    }
+
+    std::size_t memory_bytes() const {
+        std::size_t bytes = sizeof(*this) + models.bucket_count() * sizeof(void*);
+        for (const auto& [name, s] : models) {
+            bytes += 2 * sizeof(void*) + sizeof(name) + name.capacity() + sizeof(s) - 2 * sizeof(LatencyHistogram);
+            bytes += s.latency.memory_bytes() + s.ttft.memory_bytes();
+            bytes += s.status_codes.size() * (4 * sizeof(void*) + sizeof(std::pair<const int, std::uint64_t>));
+        }
+        return bytes;
+    }
+};
+
 // Drops hours that are not among the kHoursKept hours ending with `newest`.
 void trim_hours(std::map<std::int64_t, double>& hourly, std::int64_t newest) {
     const std::int64_t first_kept = newest - (kHoursKept - 1) * kHour;
@@ -68,17 +142,53 @@ struct Engine::Shard {
     std::unordered_map<std::string, ModelStats> models_; // by canonical name
     std::map<std::int64_t, double> hourly_;              // hour start -> USD
 
+    // Windowed figures: the minute this thread records in now, and the one
+    // before it with the ring generation at which it was merged into the ring
+    // (a reader that copied the ring before that merge takes it from here).
+    MinuteSlot cur_;
+    MinuteSlot prev_;
+    std::uint64_t prev_gen_ = 0;
+
     const std::thread::id owner_;
     std::unordered_map<std::string, bool> name_cache_; // raw name -> admitted (false: counted as "other")
     std::uint64_t prices_version_ = std::numeric_limits<std::uint64_t>::max();
     std::shared_ptr<const PriceTable> prices_;
 };
 
+// The engine-wide ring of finished minutes: slot minute % kWindowMinutes.
+struct Engine::Window {
+    std::mutex mu_;
+    std::array<MinuteSlot, Engine::kWindowMinutes> ring_;
+    std::uint64_t gen_ = 0; // bumped by every merge of a shard's minute
+
+    // Under mu_. Null when `minute` is older than what its slot holds now.
+    MinuteSlot* slot_for(std::int64_t minute) {
+        const auto n = static_cast<std::int64_t>(ring_.size());
+        MinuteSlot& slot = ring_[static_cast<std::size_t>(((minute % n) + n) % n)];
+        if (slot.minute == minute) return &slot;
+        if (slot.minute > minute) return nullptr;
+        slot.models.clear();
+        slot.minute = minute;
+        return &slot;
+    }
+
+    // Under mu_.
+    void merge(const MinuteSlot& from) {
+        MinuteSlot* to = slot_for(from.minute);
+        if (to == nullptr) return;
+        for (const auto& [name, stats] : from.models) {
+            const auto [it, fresh] = to->models.try_emplace(name, stats);
+            if (!fresh) it->second.add(stats);
+        }
+    }
+};
+
 Engine::Engine(EngineOptions options)
     : max_models_(options.max_models),
       started_at_(std::chrono::system_clock::now()),
       prices_(std::make_shared<const PriceTable>(std::move(options.prices))),
-      id_(g_next_engine_id.fetch_add(1, std::memory_order_relaxed)) {}
+      id_(g_next_engine_id.fetch_add(1, std::memory_order_relaxed)),
+      window_(std::make_unique<Window>()) {}
 
 Engine::~Engine() = default;
 
@@ -173,24 +283,41 @@ double Engine::record(const Record& rec) {
     const std::int64_t hour = hour_of(finished);
     const bool success = rec.status >= 200 && rec.status < 300;
 
+    Facts facts;
+    facts.success = success;
+    facts.streamed = rec.streamed;
+    facts.unpriced = unpriced;
+    facts.usage = &rec.usage;
+    facts.cost = cost;
+    facts.latency = rec.latency_s > 0 ? rec.latency_s : 0;
+    facts.ttft = rec.ttft_s;
+    facts.status = rec.status;
+    const std::int64_t minute = minute_of(finished);
+
     const std::lock_guard lock(shard.mu_);
     auto it = shard.models_.find(name);
     if (it == shard.models_.end()) it = shard.models_.try_emplace(name).first;
-    ModelStats& s = it->second;
-    ++s.requests;
-    ++(success ? s.successes : s.errors);
-    if (rec.streamed) ++s.streamed;
-    if (unpriced) ++s.unpriced;
-    s.input_tokens += rec.usage.input;
-    s.output_tokens += rec.usage.output;
-    s.cached_input_tokens += rec.usage.cached_input;
-    s.reasoning_tokens += rec.usage.reasoning;
-    s.cost_usd += cost;
-    const double latency = rec.latency_s > 0 ? rec.latency_s : 0;
-    s.latency_sum_s += latency;
-    ++s.status_codes[rec.status];
-    s.latency.observe(latency);
-    if (rec.ttft_s >= 0) s.ttft.observe(rec.ttft_s);
+    apply(it->second, facts);
+
+    if (minute == shard.cur_.minute) {
+        apply(shard.cur_.stats(name), facts);
+    } else if (minute > shard.cur_.minute) {
+        // A new minute for this thread: the finished one goes to the ring
+        // (lock order: shard, then window; readers never hold both).
+        if (shard.cur_.minute != kNoMinute) {
+            const std::lock_guard wlock(window_->mu_);
+            window_->merge(shard.cur_);
+            shard.prev_gen_ = ++window_->gen_;
+        }
+        shard.prev_ = std::move(shard.cur_);
+        shard.cur_.models.clear();
+        shard.cur_.minute = minute;
+        apply(shard.cur_.stats(name), facts);
+    } else {
+        // Finished in an earlier minute than this thread's latest record (rare): straight to the ring.
+        const std::lock_guard wlock(window_->mu_);
+        if (MinuteSlot* slot = window_->slot_for(minute)) apply(slot->stats(name), facts);
+    }
 
     shard.hourly_[hour] += cost;
     if (shard.hourly_.size() > static_cast<std::size_t>(kHoursKept)) trim_hours(shard.hourly_, shard.hourly_.rbegin()->first);
@@ -227,6 +354,60 @@ Snapshot Engine::snapshot() const {
     trim_hours(snap.hourly_cost, newest);
     for (const auto& [name, stats] : snap.models) snap.priced[name] = stats.unpriced == 0;
     return snap;
+}
+
+Snapshot Engine::snapshot_window(std::chrono::seconds window) const {
+    return snapshot_window(window, std::chrono::system_clock::now());
+}
+
+Snapshot Engine::snapshot_window(std::chrono::seconds window, std::chrono::system_clock::time_point now) const {
+    window = std::clamp(window, kMinWindow, kMaxWindow);
+    const std::int64_t hi = minute_of(now);
+    const std::int64_t lo = minute_of(now - window);
+
+    Snapshot snap;
+    snap.started_at = started_at_;
+    snap.generated_at = now;
+    snap.in_flight = in_flight();
+    auto take = [&](const MinuteSlot& slot) {
+        if (slot.minute < lo || slot.minute > hi) return;
+        for (const auto& [name, stats] : slot.models) {
+            const auto [it, fresh] = snap.models.try_emplace(name, stats);
+            if (!fresh) it->second.add(stats);
+            snap.hourly_cost[hour_of_minute(slot.minute)] += stats.cost_usd;
+        }
+    };
+
+    std::uint64_t seen_gen = 0;
+    {
+        const std::lock_guard lock(window_->mu_);
+        for (const auto& slot : window_->ring_) take(slot);
+        seen_gen = window_->gen_;
+    }
+    {
+        const std::lock_guard lock(shards_mu_);
+        for (const auto& shard : shards_) {
+            const std::lock_guard shard_lock(shard->mu_);
+            take(shard->cur_);
+            if (shard->prev_gen_ > seen_gen) take(shard->prev_); // merged into the ring after we read it
+        }
+    }
+    for (const auto& [name, stats] : snap.models) snap.priced[name] = stats.unpriced == 0;
+    return snap;
+}
+
+std::size_t Engine::window_memory_bytes() const {
+    std::size_t bytes = sizeof(Window);
+    {
+        const std::lock_guard lock(window_->mu_);
+        for (const auto& slot : window_->ring_) bytes += slot.memory_bytes() - sizeof(slot);
+    }
+    const std::lock_guard lock(shards_mu_);
+    for (const auto& shard : shards_) {
+        const std::lock_guard shard_lock(shard->mu_);
+        bytes += shard->cur_.memory_bytes() + shard->prev_.memory_bytes();
+    }
+    return bytes;
 }
 
 } // namespace relaymeter::metrics

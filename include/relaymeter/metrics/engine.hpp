@@ -1,6 +1,13 @@
 // Aggregation engine: per-model counters, latency sketches and hourly cost.
 // record() is called from every worker thread; it updates a per-thread shard
 // (no lock shared by all requests). Readers merge the shards into a Snapshot.
+//
+// Windows: besides the since-start figures, each shard keeps the current
+// minute's per-model aggregates (coarse latency sketches, <= 2% error). When a
+// shard's thread records in a later minute, the finished minute is merged
+// into an engine-wide ring of kWindowMinutes per-minute aggregates (once per
+// minute per thread). snapshot_window() merges the ring and the shards'
+// current minutes.
 #pragma once
 
 #include <atomic>
@@ -79,6 +86,19 @@ public:
     Snapshot snapshot() const;
     std::chrono::system_clock::time_point started_at() const { return started_at_; }
 
+    // Windowed figures, minute resolution: the records that finished from the
+    // start of the UTC minute containing (now - window) up to now, so between
+    // `window` and `window` + 60 s. window is clamped to [kMinWindow, kMaxWindow].
+    // Same shape as snapshot(); hourly_cost holds the window's cost per hour.
+    static constexpr std::chrono::seconds kMinWindow{60};
+    static constexpr std::chrono::seconds kMaxWindow{3600};
+    static constexpr std::size_t kWindowMinutes = 61; // ring slots: kMaxWindow plus the partial oldest minute
+    Snapshot snapshot_window(std::chrono::seconds window) const;
+    Snapshot snapshot_window(std::chrono::seconds window, std::chrono::system_clock::time_point now) const;
+
+    // Bytes held by the windowed aggregates (ring and shards' current minutes).
+    std::size_t window_memory_bytes() const;
+
 private: // the metrics module may change anything below
     struct Shard;
     Shard& local_shard();
@@ -102,6 +122,9 @@ private: // the metrics module may change anything below
     mutable std::mutex models_mu_; // the set of admitted model names (taken only on a shard cache miss)
     std::unordered_set<std::string> admitted_;
     const std::uint64_t id_; // distinguishes engines for thread-local shard caches
+
+    struct Window;                   // the ring of finished minutes
+    std::unique_ptr<Window> window_;
 };
 
 } // namespace relaymeter::metrics

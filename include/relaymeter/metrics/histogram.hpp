@@ -1,5 +1,7 @@
 // Latency histogram: Prometheus buckets for exposition plus a log-bucketed
-// sketch (relative error <= 1%) for percentiles, in fixed memory.
+// sketch (relative error <= 1%) for percentiles, in fixed memory. The coarse
+// resolution (relative error <= 2%, at most kCoarseMaxBuckets log buckets) is
+// used for the per-minute aggregates behind windowed figures.
 #pragma once
 
 #include <array>
@@ -15,6 +17,11 @@ inline constexpr std::array<double, 16> kLatencyBuckets = {
 
 class LatencyHistogram {
 public:
+    enum class Resolution : std::uint8_t { fine, coarse };
+
+    LatencyHistogram() = default;
+    explicit LatencyHistogram(Resolution resolution) : resolution_(resolution) {}
+
     void observe(double seconds);
     void merge(const LatencyHistogram& other);
 
@@ -35,7 +42,25 @@ public:
     static std::int32_t sketch_index(double seconds);
     static std::size_t sketch_capacity(); // maximum number of log buckets kept (~1.1k)
 
+    // Coarse resolution: gamma 1.04, relative error (kCoarseGamma - 1) / (kCoarseGamma + 1)
+    // ~ 0.0196. At most kCoarseMaxBuckets log buckets are kept (2 KiB): when the
+    // observations span more (a factor of 1.04^256 ~ 23000 between the smallest
+    // and the largest), the lowest buckets are folded into one, so only the
+    // lowest quantiles lose accuracy (the exact minimum is still kept).
+    static constexpr double kCoarseGamma = 1.04;
+    static constexpr std::size_t kCoarseMaxBuckets = 256;
+
+    Resolution resolution() const { return resolution_; }
+    // Bytes held, this object included (for the window memory bound).
+    std::size_t memory_bytes() const { return sizeof(*this) + sketch_.capacity() * sizeof(std::uint64_t); }
+
 private:
+    std::int32_t index_of(double seconds) const;
+    double value_of(std::int32_t index) const;
+    void add_to_sketch(std::int32_t index, std::uint64_t n);
+    void reserve_sketch(std::size_t needed); // coarse: capacity never above kCoarseMaxBuckets
+
+    Resolution resolution_ = Resolution::fine;
     std::uint64_t count_ = 0;
     double sum_ = 0;
     std::array<std::uint64_t, kLatencyBuckets.size() + 1> buckets_{};
