@@ -620,10 +620,105 @@ void Loader::read_alerts(const Item& it, AlertsConfig& a) {
          [&](const Item& f) { read_double(f, a.error_rate_percent, Bound::non_negative, 100.0); }},
         {"cost_per_hour_usd",
          [&](const Item& f) { read_double(f, a.cost_per_hour_usd, Bound::non_negative); }},
-        {"window_s", [&](const Item& f) { read_double(f, a.window_s, Bound::positive); }},
+        {"window_s",
+         [&](const Item& f) {
+             double v = a.window_s;
+             const std::size_t before = errors_.size();
+             read_double(f, v, Bound::positive, 3600.0);
+             if (errors_.size() != before) return;
+             if (v < 60) {
+                 error(f, "must be at least 60 (windows have minute resolution, 60 to 3600 s)");
+                 return;
+             }
+             a.window_s = v;
+         }},
         {"min_requests",
          [&](const Item& f) { read_uint(f, a.min_requests, 0, std::numeric_limits<unsigned>::max()); }},
         {"interval_s", [&](const Item& f) { read_double(f, a.interval_s, Bound::positive); }},
+        {"for_s", [&](const Item& f) { read_double(f, a.for_s, Bound::non_negative); }},
+        {"models",
+         [&](const Item& f) {
+             a.models.clear();
+             const bool is_map = entries(f, [&](const Item& model) {
+                 const std::string& name = model.key.Scalar();
+                 if (trim(name).empty()) {
+                     error(model.key.Mark().line, model.path, "model name must not be empty");
+                     return;
+                 }
+                 AlertOverride o;
+                 const std::size_t before = errors_.size();
+                 walk(model, {
+                     {"latency_p95_ms",
+                      [&](const Item& g) {
+                          double v = 0;
+                          const std::size_t b = errors_.size();
+                          read_double(g, v, Bound::positive);
+                          if (errors_.size() == b) o.latency_p95_ms = v;
+                      }},
+                     {"error_rate_percent",
+                      [&](const Item& g) {
+                          double v = 0;
+                          const std::size_t b = errors_.size();
+                          read_double(g, v, Bound::non_negative, 100.0);
+                          if (errors_.size() == b) o.error_rate_percent = v;
+                      }},
+                 });
+                 if (errors_.size() == before) a.models[name] = o;
+             });
+             if (!is_map) {
+                 error(f, "expected a map of model name -> { latency_p95_ms, error_rate_percent }, got " +
+                              describe(f.value));
+             }
+         }},
+        {"webhooks",
+         [&](const Item& f) {
+             a.webhooks.clear();
+             if (f.value.IsNull()) return;
+             if (!f.value.IsSequence()) {
+                 error(f, "expected a list of { url, format, timeout_s }, got " + describe(f.value));
+                 return;
+             }
+             std::size_t index = 0;
+             for (const YAML::Node& entry : f.value) {
+                 Item e{f.key, entry, f.path + "[" + std::to_string(index++) + "]",
+                        entry.Mark().line >= 0 ? entry.Mark().line : f.line};
+                 if (!entry.IsMap()) {
+                     error(e, "expected a map { url, format, timeout_s }, got " + describe(entry));
+                     continue;
+                 }
+                 WebhookConfig w;
+                 bool has_url = false;
+                 const std::size_t before = errors_.size();
+                 walk(e, {
+                     {"url",
+                      [&](const Item& g) {
+                          has_url = true;
+                          const std::size_t b = errors_.size();
+                          read_string(g, w.url);
+                          if (errors_.size() != b) return;
+                          const std::string err = parse_webhook_url(w.url, w);
+                          if (!err.empty()) error(g, err);
+                      }},
+                     {"format",
+                      [&](const Item& g) {
+                          std::string text;
+                          const std::size_t b = errors_.size();
+                          read_string(g, text);
+                          if (errors_.size() != b) return;
+                          if (text == "json") {
+                              w.format = WebhookConfig::Format::json;
+                          } else if (text == "alertmanager") {
+                              w.format = WebhookConfig::Format::alertmanager;
+                          } else {
+                              error(g, "unknown format " + shown(text) + "; accepted: json, alertmanager");
+                          }
+                      }},
+                     {"timeout_s", [&](const Item& g) { read_double(g, w.timeout_s, Bound::positive); }},
+                 });
+                 if (!has_url) error(e.line, e.path + ".url", "required (http://HOST[:PORT][/PATH] or https://...)");
+                 if (errors_.size() == before) a.webhooks.push_back(std::move(w));
+             }
+         }},
     });
 }
 
@@ -979,6 +1074,24 @@ std::string parse_upstream_url(const std::string& url, UpstreamConfig& out) {
     out.host = std::move(host);
     out.port = port;
     out.base_path = std::string(base);
+    return {};
+}
+
+std::string parse_webhook_url(const std::string& url, WebhookConfig& out) {
+    UpstreamConfig parsed;
+    std::string err = parse_upstream_url(url, parsed);
+    if (!err.empty()) {
+        // parse_upstream_url's advice names upstream.api_key; a webhook has no such key.
+        const auto advice = err.find(" (put the key in upstream.api_key)");
+        if (advice != std::string::npos) err.erase(advice);
+        return err;
+    }
+    const auto scheme_end = url.find("://");
+    const auto slash = url.find('/', scheme_end + 3);
+    out.tls = parsed.tls;
+    out.host = parsed.host;
+    out.port = parsed.port;
+    out.path = slash == std::string::npos ? "/" : url.substr(slash);
     return {};
 }
 

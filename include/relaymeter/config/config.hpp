@@ -61,13 +61,34 @@ struct StreamingConfig {
     double total_timeout_s = 3600; // whole stream; 0 = no limit
 };
 
+// Per-model thresholds under alerts.models; an absent one is the global value.
+struct AlertOverride {
+    std::optional<double> latency_p95_ms;
+    std::optional<double> error_rate_percent;
+};
+
+struct WebhookConfig {
+    enum class Format { json, alertmanager };
+    std::string url;            // as written (after ${VAR} expansion); may carry a secret: never log it whole
+    Format format = Format::json;
+    double timeout_s = 5;       // per attempt
+    // Parsed from url:
+    bool tls = false;
+    std::string host;
+    std::uint16_t port = 80;
+    std::string path = "/";     // as written ("/" when absent)
+};
+
 struct AlertsConfig {
     double latency_p95_ms = 2000;
     double error_rate_percent = 5.0;
     double cost_per_hour_usd = 100.0;
-    double window_s = 300;
-    unsigned min_requests = 20;
+    double window_s = 300;      // 60..3600: rate and percentile alerts look at the last window_s
+    unsigned min_requests = 20; // fewer requests in the window: no rate or percentile alert
     double interval_s = 15;
+    double for_s = 0;           // a condition must hold this long before pending becomes firing
+    std::map<std::string, AlertOverride> models;
+    std::vector<WebhookConfig> webhooks;
 };
 
 struct LogConfig {
@@ -137,5 +158,10 @@ bool parse_listen(const std::string& text, std::string& host, std::uint16_t& por
 // http(s)://host[:port][/path]. Fills the parsed fields of `out`; returns an
 // error message, or empty on success.
 std::string parse_upstream_url(const std::string& url, UpstreamConfig& out);
+
+// A webhook URL, validated like upstream.base_url (http or https, no user
+// info, no query). Fills tls, host, port and path (as written, "/" when
+// absent) of `out`; returns an error message, or empty on success.
+std::string parse_webhook_url(const std::string& url, WebhookConfig& out);
 
 } // namespace relaymeter::config
