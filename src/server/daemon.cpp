@@ -6,9 +6,11 @@
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include "relaymeter/alerts/monitor.hpp"
 #include "relaymeter/config/cli.hpp"
 #include "relaymeter/config/config.hpp"
 #include "relaymeter/metrics/engine.hpp"
+#include "relaymeter/server/notifier.hpp"
 #include "relaymeter/server/server.hpp"
 
 namespace relaymeter {
@@ -78,22 +80,32 @@ int run_daemon(int argc, const char* const* argv) {
     }
 
     metrics::Engine engine({cfg.metrics.max_models, cfg.pricing});
+    // Alerts: evaluated on their own thread, notified from the notifier's own thread.
+    server::Notifier notifier(cfg.alerts.webhooks);
+    alerts::Monitor monitor(
+        engine, cfg.alerts, [&](const alerts::Alert& a) { notifier.notify(a); },
+        [&](const std::vector<alerts::Alert>& firing) { notifier.refresh(firing); });
     server::Hooks hooks;
+    hooks.firing_alerts = [&] { return monitor.firing(); };
     hooks.on_reload = [&] {
-        // Prices and the log level are reloaded; the rest needs a restart.
+        // Prices, alert thresholds and webhooks, and the log level are reloaded; the rest needs a restart.
         try {
             auto fresh = load(cli);
             engine.set_prices(fresh.pricing);
             spdlog::set_level(spdlog::level::from_str(fresh.log.level));
-            spdlog::info("SIGHUP: reloaded prices ({} models) and log level {} from {}", fresh.pricing.size(),
-                         fresh.log.level, fresh.source);
+            notifier.reconfigure(fresh.alerts.webhooks);
+            monitor.reload(fresh.alerts);
+            spdlog::info("SIGHUP: reloaded prices ({} models), alert thresholds ({} webhooks) and log level {} from {}",
+                         fresh.pricing.size(), fresh.alerts.webhooks.size(), fresh.log.level, fresh.source);
         } catch (const config::ConfigError& e) {
             spdlog::error("SIGHUP: {} is not valid, keeping the running config:", cli.config_path);
             for (const auto& line : e.errors()) spdlog::error("  {}", line);
         }
     };
     try {
+        monitor.start();
         int rc = server::run(cfg, engine, hooks);
+        monitor.stop();
         spdlog::default_logger()->flush();
         return rc;
     } catch (const std::exception& e) {

@@ -9,12 +9,15 @@
 #include <limits>
 #include <list>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "relaymeter/alerts/alert.hpp"
 #include "relaymeter/metrics/exposition.hpp"
+#include "relaymeter/server/dashboard.hpp"
 #include "relaymeter/net.hpp"
 #include "relaymeter/proxy/exchange.hpp"
 #include "relaymeter/upstream/pool.hpp"
@@ -32,6 +35,7 @@ using reuse_port = asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT
 struct Shared {
     const config::Config& cfg;
     metrics::Engine& engine;
+    const Hooks& hooks;
     metrics::ExpositionOptions expo;
     ssl::context* tls = nullptr;
     std::string host_header;
@@ -69,6 +73,35 @@ std::string_view bearer(std::string_view auth) {
         return auth;
     }
     return {};
+}
+
+// The value of `name` in the query string; nullopt when absent.
+std::optional<std::string_view> query_param(std::string_view target, std::string_view name) {
+    const auto q = target.find('?');
+    if (q == std::string_view::npos) return std::nullopt;
+    std::string_view query = target.substr(q + 1);
+    while (!query.empty()) {
+        const auto amp = query.find('&');
+        const auto item = query.substr(0, amp);
+        const auto eq = item.find('=');
+        if (item.substr(0, eq) == name) return eq == std::string_view::npos ? std::string_view() : item.substr(eq + 1);
+        if (amp == std::string_view::npos) break;
+        query.remove_prefix(amp + 1);
+    }
+    return std::nullopt;
+}
+
+// ?window=SECONDS: an integer within [kMinWindow, kMaxWindow]; nullopt otherwise.
+std::optional<std::chrono::seconds> parse_window(std::string_view text) {
+    if (text.empty() || text.size() > 6) return std::nullopt;
+    long value = 0;
+    for (const char c : text) {
+        if (c < '0' || c > '9') return std::nullopt;
+        value = value * 10 + (c - '0');
+    }
+    const std::chrono::seconds w(value);
+    if (w < metrics::Engine::kMinWindow || w > metrics::Engine::kMaxWindow) return std::nullopt;
+    return w;
 }
 
 bool query_has(std::string_view target, std::string_view param) {
@@ -355,7 +388,8 @@ awaitable<bool> Worker::admin(Session& s, http::request<http::string_body>& req)
         return res;
     };
 
-    const bool known = path == "/metrics" || path == "/summary" || path == "/healthz";
+    const bool known = path == "/metrics" || path == "/summary" || path == "/healthz" || path == "/alerts" ||
+                       path == "/dashboard";
     if (!known) {
         auto res = proxy::error_response(http::status::not_found, "not_found",
                                          "no such endpoint; the API is under /v1/", version, keep_alive, {});
@@ -375,18 +409,48 @@ awaitable<bool> Worker::admin(Session& s, http::request<http::string_body>& req)
         co_return co_await reply(s, res);
     }
 
+    const auto firing = [&] {
+        return shared_.hooks.firing_alerts ? shared_.hooks.firing_alerts() : std::vector<alerts::Alert>{};
+    };
+
     http::response<http::string_body> res;
     if (path == "/healthz") {
         res = text(http::status::ok, "ok\n", "text/plain; charset=utf-8");
     } else if (path == "/metrics") {
-        res = text(http::status::ok, metrics::render_prometheus(shared_.engine.snapshot(), shared_.expo),
+        res = text(http::status::ok,
+                   metrics::render_prometheus(shared_.engine.snapshot(), shared_.expo) +
+                       alerts::render_prometheus(firing(), shared_.expo),
                    "text/plain; version=0.0.4; charset=utf-8");
-    } else if (query_has(target, "format=table")) {
-        res = text(http::status::ok, metrics::render_summary_table(shared_.engine.snapshot()),
-                   "text/plain; charset=utf-8");
+    } else if (path == "/alerts") {
+        const nlohmann::json body = {{"alerts", alerts::to_json(firing())}};
+        res = text(http::status::ok, body.dump(2) + "\n", "application/json");
+    } else if (path == "/dashboard") {
+        res = text(http::status::ok, std::string(dashboard_html()), "text/html; charset=utf-8");
     } else {
-        res = text(http::status::ok, metrics::render_summary(shared_.engine.snapshot()).dump(2) + "\n",
-                   "application/json");
+        // /summary, since start or over ?window=SECONDS.
+        std::optional<std::chrono::seconds> window;
+        if (const auto w = query_param(target, "window")) {
+            window = parse_window(*w);
+            if (!window) {
+                auto bad = proxy::error_response(
+                    http::status::bad_request, "bad_window",
+                    "window must be a whole number of seconds from 60 to 3600 (minute resolution)", version,
+                    keep_alive, {});
+                co_return co_await reply(s, bad);
+            }
+        }
+        const auto snap = window ? shared_.engine.snapshot_window(*window) : shared_.engine.snapshot();
+        if (query_has(target, "format=table")) {
+            res = text(http::status::ok, metrics::render_summary_table(snap), "text/plain; charset=utf-8");
+        } else {
+            auto body = metrics::render_summary(snap);
+            if (window) {
+                body["window_seconds"] = window->count();
+                body["window_start"] = alerts::iso8601(snap.generated_at - *window);
+            }
+            body["alerts"] = alerts::to_json(firing());
+            res = text(http::status::ok, body.dump(2) + "\n", "application/json");
+        }
     }
     if (req.method() == http::verb::head) {
         const auto len = res.body().size();
@@ -406,7 +470,7 @@ std::string host_header(const config::UpstreamConfig& u) {
 } // namespace
 
 int run(const config::Config& cfg, metrics::Engine& engine, Hooks hooks) {
-    Shared shared{cfg, engine, {}, nullptr, host_header(cfg.upstream)};
+    Shared shared{cfg, engine, hooks, {}, nullptr, host_header(cfg.upstream)};
     shared.expo.const_labels = cfg.metrics.labels;
     shared.expo.version = RELAYMETER_VERSION;
     shared.protect = cfg.server.protected_mode && !cfg.upstream.api_key.empty() && !cfg.auth.enabled;

@@ -4,7 +4,9 @@
 #pragma once
 
 #include <functional>
+#include <vector>
 
+#include "relaymeter/alerts/alert.hpp"
 #include "relaymeter/config/config.hpp"
 #include "relaymeter/metrics/engine.hpp"
 
@@ -12,6 +14,8 @@ namespace relaymeter::server {
 
 struct Hooks {
     std::function<void()> on_reload; // SIGHUP, called on the signal thread
+    // The firing alerts, for /alerts, /summary and /metrics (thread-safe; none when unset).
+    std::function<std::vector<alerts::Alert>()> firing_alerts;
 };
 
 // Binds, logs "listening on HOST:PORT", serves until SIGTERM/SIGINT, then
