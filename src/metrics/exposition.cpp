@@ -74,10 +74,10 @@ double cost_per_1k(const ModelStats& s) {
     return tokens == 0 ? 0.0 : s.cost_usd / static_cast<double>(tokens) * 1000.0;
 }
 
-nlohmann::json model_json(const std::string& name, const ModelStats& s, bool priced) {
-    nlohmann::json codes = nlohmann::json::object();
+nlohmann::ordered_json model_json(const std::string& name, const ModelStats& s, bool priced) {
+    nlohmann::ordered_json codes = nlohmann::ordered_json::object();
     for (const auto& [code, n] : s.status_codes) codes[std::to_string(code)] = n;
-    return nlohmann::json{
+    return nlohmann::ordered_json{
         {"model", name},
         {"total_requests", s.requests},
         {"success_count", s.successes},
@@ -189,8 +189,8 @@ std::string render_prometheus(const Snapshot& snap, const ExpositionOptions& opt
     return out;
 }
 
-nlohmann::json render_summary(const Snapshot& snap) {
-    nlohmann::json models = nlohmann::json::array();
+nlohmann::ordered_json render_summary(const Snapshot& snap) {
+    nlohmann::ordered_json models = nlohmann::ordered_json::array();
     bool all_priced = true;
     for (const auto& [name, s] : snap.models) { // std::map: sorted by name
         const bool priced = is_priced(snap, name, s);
@@ -198,11 +198,11 @@ nlohmann::json render_summary(const Snapshot& snap) {
         models.push_back(model_json(name, s, priced));
     }
 
-    nlohmann::json hourly = nlohmann::json::array();
+    nlohmann::ordered_json hourly = nlohmann::ordered_json::array();
     for (const auto& [hour, cost] : snap.hourly_cost) hourly.push_back({{"hour", iso8601(hour)}, {"cost_usd", cost}});
 
     const double uptime = std::chrono::duration<double>(snap.generated_at - snap.started_at).count();
-    return nlohmann::json{
+    return nlohmann::ordered_json{
         {"started_at", iso8601(unix_seconds(snap.started_at))},
         {"generated_at", iso8601(unix_seconds(snap.generated_at))},
         {"uptime_seconds", std::max(0.0, uptime)},

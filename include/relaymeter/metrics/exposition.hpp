@@ -21,7 +21,8 @@ struct ExpositionOptions {
 std::string escape_label_value(const std::string& v);
 
 std::string render_prometheus(const Snapshot& snap, const ExpositionOptions& opts);
-nlohmann::json render_summary(const Snapshot& snap);
+// Fields in the contract's order.
+nlohmann::ordered_json render_summary(const Snapshot& snap);
 std::string render_summary_table(const Snapshot& snap);
 
 // process_* metrics read from /proc/self (Linux); appended by render_prometheus.
