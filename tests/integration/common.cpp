@@ -48,6 +48,16 @@ nlohmann::json wait_total(std::uint16_t port, std::uint64_t n, std::chrono::mill
     }
 }
 
+nlohmann::json wait_idle(std::uint16_t port, std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    HttpClient c(port);
+    for (;;) {
+        auto s = nlohmann::json::parse(c.get("/summary").body);
+        if (s["in_flight"] == 0) return s;
+        if (std::chrono::steady_clock::now() > deadline) FAIL("requests still in flight: " << s.dump());
+    }
+}
+
 const nlohmann::json& model_entry(const nlohmann::json& summary, const std::string& model) {
     for (const auto& m : summary["models"]) {
         if (m["model"] == model) return m;

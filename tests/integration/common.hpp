@@ -22,6 +22,10 @@ nlohmann::json get_json(std::uint16_t port, const std::string& target);
 nlohmann::json wait_total(std::uint16_t port, std::uint64_t n,
                           std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
+// Polls /summary until in_flight is 0 (the gauge drops just after the record
+// is counted); returns that summary. Fails the test on timeout.
+nlohmann::json wait_idle(std::uint16_t port, std::chrono::milliseconds timeout = std::chrono::seconds(10));
+
 const nlohmann::json& model_entry(const nlohmann::json& summary, const std::string& model);
 
 // The value of one series in Prometheus text ("name{labels}" exactly as rendered

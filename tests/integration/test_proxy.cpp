@@ -83,7 +83,8 @@ TEST_CASE("proxy: counters, tokens and cost equal what the upstream reported", "
     REQUIRE(want["gemini-2.5-flash"].cached == 800); // the Responses shape carried cached tokens
     REQUIRE(want["deepseek-v3.2"].output == 0);      // embeddings: prompt tokens only
 
-    auto s = wait_total(d.port(), 8);
+    wait_total(d.port(), 8);
+    auto s = wait_idle(d.port());
     auto m = HttpClient(d.port()).get("/metrics").body;
     Expected all;
     for (auto& [model, e] : want) {

@@ -191,7 +191,7 @@ TEST_CASE("stream: a client that goes away mid-stream is recorded as 499 and not
     gate->open();
     auto s = wait_total(d.port(), 1);
     CHECK(model_entry(s, "gpt-4.1")["status_codes"]["499"] == 1);
-    CHECK(s["in_flight"] == 0);
+    CHECK(wait_idle(d.port())["in_flight"] == 0);
     CHECK(up.wait_connections_open(0, std::chrono::seconds(5))); // dropped, not pooled
     CHECK(HttpClient(d.port()).post_json("/v1/chat/completions", R"({"model":"x"})").status == 200);
 }
@@ -245,5 +245,5 @@ TEST_CASE("stream: 200 concurrent streams complete with exact totals", "[integra
     CHECK(s["overall"]["output_tokens"] == 200 * 29);
     CHECK(s["overall"]["streamed_requests"] == 200);
     for (auto& m : models) CHECK(model_entry(s, m)["total_requests"] == 50);
-    CHECK(s["in_flight"] == 0);
+    CHECK(wait_idle(d.port())["in_flight"] == 0);
 }

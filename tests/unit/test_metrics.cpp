@@ -27,6 +27,14 @@ using namespace relaymeter::testfixtures;
 
 namespace {
 
+// The contract's prices, with a cached_input price on deepseek-v3.2 so that
+// both branches of the cached-token formula are exercised.
+std::map<std::string, config::Price> prices_with_cached() {
+    auto p = default_prices();
+    p["deepseek-v3.2"].cached_input = 0.042;
+    return p;
+}
+
 // The exact nearest-rank quantile: the value at 1-based rank ceil(q * n)
 // (at least 1), over the sorted values. Same rank rule as the sketch.
 double exact_quantile(const std::vector<double>& sorted, double q) {
@@ -92,7 +100,7 @@ TEST_CASE("metrics: cost is not rounded") {
 }
 
 TEST_CASE("metrics: price table lookup") {
-    const PriceTable table(default_prices());
+    const PriceTable table(prices_with_cached());
     REQUIRE(table.find("gpt-4.1") != nullptr);
     CHECK(table.find("gpt-4.1")->output == 32.0);
     CHECK(table.find("deepseek-v3.2")->cached_input.value() == 0.042);
@@ -102,7 +110,7 @@ TEST_CASE("metrics: price table lookup") {
 }
 
 TEST_CASE("metrics: unknown model is unpriced and costs 0, none is never unpriced") {
-    Engine engine(EngineOptions{64, default_prices()});
+    Engine engine(EngineOptions{64, prices_with_cached()});
     engine.record(make_record("gpt-4.1", 200, 1.0, make_usage(1000, 1000)));
     engine.record(make_record("mystery-model", 200, 1.0, make_usage(1000, 1000)));
     engine.record(make_record("mystery-model", 500, 1.0));
@@ -221,7 +229,7 @@ TEST_CASE("metrics: histogram merge into empty and of empty") {
 // ---------------------------------------------------------------- engine
 
 TEST_CASE("metrics: engine with 4 threads x 10000 records gives exact totals") {
-    Engine engine(EngineOptions{64, default_prices()});
+    Engine engine(EngineOptions{64, prices_with_cached()});
     constexpr int kThreads = 4;
     constexpr int kPerThread = 10000;
     const char* models[] = {"gpt-4.1", "deepseek-v3.2", "mystery"};
@@ -278,7 +286,7 @@ TEST_CASE("metrics: engine with 4 threads x 10000 records gives exact totals") {
 }
 
 TEST_CASE("metrics: model cap admits max_models names, the rest count as other") {
-    Engine engine(EngineOptions{3, default_prices()});
+    Engine engine(EngineOptions{3, prices_with_cached()});
     for (int i = 0; i < 10; ++i) engine.record(make_record("m" + std::to_string(i), 200, 0.1));
     engine.record(make_record("m0", 200, 0.1)); // admitted earlier: still its own
     engine.record(make_record("m9", 200, 0.1)); // rejected earlier: still other
@@ -330,7 +338,7 @@ TEST_CASE("metrics: max_models 0 counts every named model as other") {
 }
 
 TEST_CASE("metrics: failed requests' latency counts, ttft only for streams, status codes per model") {
-    Engine engine(EngineOptions{64, default_prices()});
+    Engine engine(EngineOptions{64, prices_with_cached()});
     engine.record(make_record("gpt-4.1", 200, 1.0));
     engine.record(make_record("gpt-4.1", 504, 60.0));
     engine.record(make_record("gpt-4.1", 499, 2.0));
@@ -444,7 +452,7 @@ TEST_CASE("metrics: several engines in one process and one thread stay independe
 }
 
 TEST_CASE("metrics: snapshot overall sums every model") {
-    Engine engine(EngineOptions{64, default_prices()});
+    Engine engine(EngineOptions{64, prices_with_cached()});
     engine.record(make_record("gpt-4.1", 200, 1.0, make_usage(10, 20, 5, 1)));
     engine.record(make_record("deepseek-v3.2", 429, 2.0, make_usage(30, 40)));
     const auto snap = engine.snapshot();
