@@ -27,7 +27,8 @@ if ((${#missing[@]})); then
 fi
 
 build_type="${RELAYMETER_BUILD_TYPE:-RelWithDebInfo}"
-tests=OFF
-[[ "${1:-}" == "--tests" ]] && tests=ON
-cmake -S . -B build -DCMAKE_BUILD_TYPE="$build_type" -DRELAYMETER_TESTS="$tests" >/dev/null
+# The tests are built whenever Catch2 is installed (CMakeLists.txt); --tests
+# makes sure it is. Running without --tests never turns an existing test
+# build off, so run.sh and test.sh can share build/.
+cmake -S . -B build -DCMAKE_BUILD_TYPE="$build_type" >/dev/null
 cmake --build build -j "${RELAYMETER_JOBS:-2}"
