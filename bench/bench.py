@@ -1,0 +1,613 @@
+#!/usr/bin/env python3
+"""Measurement driver for bench/run.sh (python3 stdlib only).
+
+run.sh installs the tools and starts fake_upstream, nginx and relaymeter; this
+script drives the load (wrk, bench/openloop, its own raw-socket clients), reads
+/proc for CPU and memory, checks relaymeter's /summary, and prints and writes
+the table. Every loop here is bounded in count and time.
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+TARGETS = ("direct", "nginx", "relaymeter")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SMALL_BODY = b'{"model":"gpt-4.1","messages":[{"role":"system","content":"You are terse."},' \
+             b'{"role":"user","content":"Say hello in five words."}],"max_tokens":64,"temperature":0}'
+STREAM_BODY = b'{"model":"gpt-4.1","stream":true,"messages":[{"role":"user","content":"Count to eight."}]}'
+
+
+def log(*a):
+    print("[bench]", *a, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- /proc
+
+def proc_children(ppid):
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                s = f.read()
+        except OSError:
+            continue
+        rest = s[s.rindex(")") + 2:].split()
+        if int(rest[1]) == ppid:
+            out.append(int(d))
+    return sorted(out)
+
+
+def cpu_ticks(pids):
+    total = 0
+    for p in pids:
+        with open(f"/proc/{p}/stat") as f:
+            s = f.read()
+        rest = s[s.rindex(")") + 2:].split()
+        total += int(rest[11]) + int(rest[12])  # utime, stime (fields 14, 15)
+    return total
+
+
+def mem_kib(pid):
+    r = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                k, v = line.split(":")
+                r[k] = int(v.split()[0])
+    return r
+
+
+def mem_sum(pids):
+    tot = {"VmRSS": 0, "VmHWM": 0}
+    for p in pids:
+        m = mem_kib(p)
+        tot["VmRSS"] += m["VmRSS"]
+        tot["VmHWM"] += m["VmHWM"]
+    return tot
+
+
+# ---------------------------------------------------------------- raw HTTP client
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection; times the first body byte."""
+
+    def __init__(self, port, timeout=10.0):
+        self.port = port
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def close(self):
+        self.s.close()
+
+    def _fill(self):
+        d = self.s.recv(262144)
+        if not d:
+            raise ConnectionError("connection closed")
+        self.buf += d
+        return time.perf_counter_ns()
+
+    def request(self, method, path, body=b"", ctype="application/json"):
+        """Returns (status, t_start, t_first_body, t_end, recv_times, body)."""
+        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
+        if body:
+            head += f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+        msg = head.encode() + b"\r\n"
+        t0 = time.perf_counter_ns()
+        if body and len(body) > 65536:
+            self.s.sendall(msg)
+            self.s.sendall(body)
+        else:
+            self.s.sendall(msg + body)
+        recv_times = []
+        while b"\r\n\r\n" not in self.buf:
+            recv_times.append(self._fill())
+        hend = self.buf.index(b"\r\n\r\n")
+        head_b, self.buf = self.buf[:hend].decode("latin-1"), self.buf[hend + 4:]
+        status = int(head_b.split(" ", 2)[1])
+        hdrs = {}
+        for line in head_b.split("\r\n")[1:]:
+            k, _, v = line.partition(":")
+            hdrs[k.strip().lower()] = v.strip()
+        t_first = None
+        out = []
+        if "chunked" in hdrs.get("transfer-encoding", "").lower():
+            while True:
+                while b"\r\n" not in self.buf:
+                    recv_times.append(self._fill())
+                i = self.buf.index(b"\r\n")
+                size = int(self.buf[:i].split(b";")[0], 16)
+                if size == 0:
+                    while not self.buf.startswith(b"0\r\n\r\n") and b"\r\n\r\n" not in self.buf:
+                        recv_times.append(self._fill())
+                    self.buf = self.buf[self.buf.index(b"\r\n\r\n") + 4:]
+                    break
+                while len(self.buf) < i + 2 + size + 2:
+                    recv_times.append(self._fill())
+                if t_first is None:
+                    t_first = recv_times[-1] if recv_times else time.perf_counter_ns()
+                out.append(self.buf[i + 2:i + 2 + size])
+                self.buf = self.buf[i + 2 + size + 2:]
+        else:
+            n = int(hdrs.get("content-length", "0"))
+            while len(self.buf) < n:
+                recv_times.append(self._fill())
+            if n:
+                t_first = recv_times[-1] if recv_times else time.perf_counter_ns()
+            out.append(self.buf[:n])
+            self.buf = self.buf[n:]
+        t_end = time.perf_counter_ns()
+        # the first body byte may have come with the head
+        if t_first is None:
+            t_first = t_end
+        return status, t0, t_first, t_end, recv_times, b"".join(out)
+
+
+def first_body_time(conn_recv_times, t_first):
+    return t_first
+
+
+def pct(values, p):
+    if not values:
+        return float("nan")
+    v = sorted(values)
+    i = min(len(v) - 1, int(p / 100.0 * len(v)))
+    return v[i]
+
+
+# ---------------------------------------------------------------- tools
+
+def run_wrk(port, conns, dur, args, body_file):
+    env = dict(os.environ, BENCH_BODY=body_file)
+    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{dur}s", "--timeout", "10s", "-s", os.path.join(args.bench_dir, "post.lua"),
+           f"http://127.0.0.1:{port}/v1/chat/completions"]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=dur + 60)
+    r = {}
+    for line in p.stdout.splitlines():
+        if line.startswith("BENCH "):
+            for kv in line.split()[1:]:
+                k, v = kv.split("=")
+                r[k] = float(v)
+    if "requests" not in r:
+        raise RuntimeError(f"wrk failed: {p.stdout}\n{p.stderr}")
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    r["errors"] = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
+    return r
+
+
+def run_openloop(port, rate, dur, warm, conns, args, body_file):
+    cmd = [args.openloop, "127.0.0.1", str(port), "/v1/chat/completions", body_file, f"{rate:.1f}", str(dur), str(warm),
+           str(conns)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=dur + warm + 60)
+    r = {}
+    for kv in p.stdout.split():
+        k, v = kv.split("=")
+        r[k] = float(v)
+    if "p99" not in r:
+        raise RuntimeError(f"openloop failed: {p.stdout}\n{p.stderr}")
+    return r
+
+
+# ---------------------------------------------------------------- phases
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ports", required=True, help="direct,nginx,relaymeter")
+    ap.add_argument("--nginx-master", type=int, required=True)
+    ap.add_argument("--rm-pid", type=int, required=True)
+    ap.add_argument("--fake-pid", type=int, required=True)
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--bench-dir", required=True)
+    ap.add_argument("--openloop", required=True)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--chunks", type=int, required=True)
+    ap.add_argument("--chunk-interval-ms", type=float, required=True)
+    ap.add_argument("--command", default="bash bench/run.sh")
+    ap.add_argument("--notes", default="")
+    ap.add_argument("--pre-sent", type=int, default=0, help="requests run.sh already sent to relaymeter")
+    args = ap.parse_args()
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+    port = dict(zip(TARGETS, (int(x) for x in args.ports.split(","))))
+    ngx_workers = proc_children(args.nginx_master)
+    proxy_pids = {"nginx": ngx_workers, "relaymeter": [args.rm_pid]}
+    log(f"ports {port}, nginx workers {ngx_workers}, relaymeter pid {args.rm_pid}")
+
+    smoke = args.smoke
+    levels = [1, 16, 64, 256]
+    wrk_dur = 1 if smoke else 8
+    warm_dur = 1 if smoke else 3
+    ol_dur, ol_warm = (1, 0.5) if smoke else (8, 1)
+    n_stream = 10 if smoke else 200
+    n_large = 5 if smoke else 100
+    n_idle = 200 if smoke else 10000
+
+    small = os.path.join(args.workdir, "small.json")
+    with open(small, "wb") as f:
+        f.write(SMALL_BODY)
+    # 1 MiB body; "model" last, as the OpenAI SDKs write it (messages first)
+    tail = b'"}],"model":"gpt-4.1"}'
+    headb = b'{"messages":[{"role":"user","content":"'
+    large = headb + b"a" * (1048576 - len(headb) - len(tail)) + tail
+    assert len(large) == 1048576
+
+    R = {}  # (row key) -> {target: value}
+    sent_rm = {"done": args.pre_sent, "slack": 0}
+
+    def put(key, target, value):
+        R.setdefault(key, {})[target] = value
+
+    def count_rm(target, done, slack):
+        if target == "relaymeter":
+            sent_rm["done"] += int(done)
+            sent_rm["slack"] += int(slack)
+
+    # idle RSS after start (before any load)
+    put("mem_idle", "relaymeter", mem_kib(args.rm_pid)["VmRSS"])
+    put("mem_idle", "nginx", mem_sum([args.nginx_master] + ngx_workers)["VmRSS"])
+
+    # warm-up
+    for t in TARGETS:
+        log(f"warm-up {t} {warm_dur}s")
+        r = run_wrk(port[t], 64, warm_dur, args, small)
+        count_rm(t, r["requests"], 64)
+
+    # closed loop
+    for c in levels:
+        for t in TARGETS:
+            pids = proxy_pids.get(t)
+            c0 = cpu_ticks(pids) if pids else 0
+            r = run_wrk(port[t], c, wrk_dur, args, small)
+            c1 = cpu_ticks(pids) if pids else 0
+            count_rm(t, r["requests"], c)
+            log(f"closed c={c} {t}: {r['rps']:.0f} req/s p50 {r['p50']:.0f}us p99 {r['p99']:.0f}us errors {r['errors']:.0f}")
+            put(f"cl{c}_rps", t, r["rps"])
+            for q in ("p50", "p90", "p99", "p999"):
+                put(f"cl{c}_{q}", t, r[q])
+            put(f"cl{c}_err", t, r["errors"])
+            if pids:
+                put(f"cl{c}_cpu", t, (c1 - c0) / CLK_TCK * 1e6 / max(1, r["requests"]))
+            time.sleep(0.3)
+    for q in ("p50", "p90", "p99", "p999"):
+        for t in ("nginx", "relaymeter"):
+            put(f"cl1_add_{q}", t, R[f"cl1_{q}"][t] - R[f"cl1_{q}"]["direct"])
+
+    # open loop at fixed rates nginx sustains: 60% of its c=64 throughput (the issue's test) and 30%
+    for pre, frac in (("ol", 0.6), ("ol2", 0.3)):
+        rate = round(frac * R["cl64_rps"]["nginx"], -2) or 100
+        for t in TARGETS:
+            put(f"{pre}_rate", t, rate)
+            pids = proxy_pids.get(t)
+            c0 = cpu_ticks(pids) if pids else 0
+            r = run_openloop(port[t], rate, ol_dur, ol_warm, 64, args, small)
+            c1 = cpu_ticks(pids) if pids else 0
+            count_rm(t, r["done"], 64)
+            log(f"open loop {rate:.0f}/s {t}: p50 {r['p50']:.0f}us p99 {r['p99']:.0f}us p99.9 {r['p999']:.0f}us "
+                f"errors {r['errors']:.0f} non2xx {r['non2xx']:.0f} unsent {r['unsent']:.0f}")
+            put(f"{pre}_achieved", t, r["achieved"])
+            for q in ("p50", "p90", "p99", "p999"):
+                put(f"{pre}_{q}", t, r[q])
+            put(f"{pre}_err", t, r["errors"] + r["non2xx"])
+            put(f"{pre}_unsent", t, r["unsent"])
+            if pids:
+                put(f"{pre}_cpu", t, (c1 - c0) / CLK_TCK * 1e6 / max(1, r["done"]))
+            time.sleep(0.3)
+        for t in ("nginx", "relaymeter"):
+            put(f"{pre}_add_p99", t, R[f"{pre}_p99"][t] - R[f"{pre}_p99"]["direct"])
+
+    # streams: sequential on one keep-alive connection
+    for t in TARGETS:
+        conn = Conn(port[t])
+        ttfc, total, gaps, bad = [], [], [], 0
+        for i in range(n_stream):
+            st, t0, tf, te, rts, body = conn.request("POST", "/v1/chat/completions", STREAM_BODY)
+            if st != 200 or b"[DONE]" not in body:
+                bad += 1
+            ttfc.append((tf - t0) / 1000)
+            total.append((te - t0) / 1000)
+            if len(rts) > 1:
+                gaps.append(max(b - a for a, b in zip(rts, rts[1:])) / 1000)
+        conn.close()
+        count_rm(t, n_stream, 0)
+        log(f"streams {t}: ttfc p50 {pct(ttfc, 50):.0f}us p99 {pct(ttfc, 99):.0f}us total p50 {pct(total, 50):.0f}us bad {bad}")
+        put("st_ttfc_p50", t, pct(ttfc, 50))
+        put("st_ttfc_p99", t, pct(ttfc, 99))
+        put("st_ttfc_max", t, max(ttfc))
+        put("st_total_p50", t, pct(total, 50))
+        put("st_total_p99", t, pct(total, 99))
+        put("st_gap_max", t, max(gaps) if gaps else float("nan"))
+        put("st_bad", t, bad)
+    for q in ("p50", "p99"):
+        for t in ("nginx", "relaymeter"):
+            put(f"st_add_ttfc_{q}", t, R[f"st_ttfc_{q}"][t] - R[f"st_ttfc_{q}"]["direct"])
+
+    # 1 MiB request body
+    for t in TARGETS:
+        conn = Conn(port[t], timeout=30)
+        lat, bad = [], 0
+        for i in range(n_large):
+            st, t0, tf, te, rts, body = conn.request("POST", "/v1/chat/completions", large)
+            bad += st != 200
+            lat.append((te - t0) / 1000)
+        conn.close()
+        count_rm(t, n_large, 0)
+        log(f"1 MiB body {t}: p50 {pct(lat, 50):.0f}us p99 {pct(lat, 99):.0f}us bad {bad}")
+        put("lb_p50", t, pct(lat, 50))
+        put("lb_p99", t, pct(lat, 99))
+        put("lb_bad", t, bad)
+    for q in ("p50", "p99"):
+        for t in ("nginx", "relaymeter"):
+            put(f"lb_add_{q}", t, R[f"lb_{q}"][t] - R[f"lb_{q}"]["direct"])
+
+    # /metrics and /summary render time with 64 models
+    conn = Conn(port["relaymeter"])
+    for i in range(64):
+        b = SMALL_BODY.replace(b'"gpt-4.1"', f'"bench-model-{i:02d}"'.encode())
+        conn.request("POST", "/v1/chat/completions", b)
+    count_rm("relaymeter", 64, 0)
+    for path, key in (("/metrics", "render_metrics"), ("/summary", "render_summary")):
+        ts = []
+        for i in range(5 if smoke else 50):
+            st, t0, tf, te, rts, body = conn.request("GET", path)
+            ts.append((te - t0) / 1e6)
+        put(key + "_p50", "relaymeter", pct(ts, 50))
+        put(key + "_max", "relaymeter", max(ts))
+        log(f"{path}: p50 {pct(ts, 50):.2f} ms max {max(ts):.2f} ms ({len(body)} bytes)")
+    conn.close()
+
+    # peak RSS under load (before the idle-connection test)
+    put("mem_hwm_load", "relaymeter", mem_kib(args.rm_pid)["VmHWM"])
+    put("mem_hwm_load", "nginx", mem_sum(ngx_workers)["VmHWM"])
+
+    # idle keep-alive connections
+    for t in ("nginx", "relaymeter"):
+        pids = proxy_pids[t]
+        time.sleep(0.5)
+        before = mem_sum(pids)["VmRSS"]
+        socks, bad = [], 0
+        deadline = time.monotonic() + 120
+        for i in range(n_idle):
+            if time.monotonic() > deadline:
+                break
+            try:
+                c = Conn(port[t], timeout=10)
+                st = c.request("POST", "/v1/chat/completions", SMALL_BODY)[0]
+                bad += st != 200
+                socks.append(c)
+            except OSError as e:
+                bad += 1
+                if bad > 50:
+                    log(f"idle {t}: giving up: {e}")
+                    break
+        count_rm(t, len(socks), 0)
+        time.sleep(1.0)
+        after = mem_sum(pids)
+        # are they still open? a few probes
+        alive = 0
+        for c in socks[:: max(1, len(socks) // 20)]:
+            try:
+                alive += c.request("POST", "/v1/chat/completions", SMALL_BODY)[0] == 200
+                count_rm(t, 1, 0)
+            except OSError:
+                pass
+        for c in socks:
+            c.close()
+        time.sleep(1.0)
+        closed = mem_sum(pids)["VmRSS"]
+        n = len(socks)
+        log(f"idle {t}: {n} connections, RSS {before} -> {after['VmRSS']} KiB, after close {closed} KiB, bad {bad}, "
+            f"probes alive {alive}")
+        put("idle_n", t, n)
+        put("idle_rss", t, after["VmRSS"])
+        put("idle_kib_per_conn", t, (after["VmRSS"] - before) / max(1, n))
+        put("idle_rss_closed", t, closed)
+        put("idle_bad", t, bad)
+
+    put("mem_hwm_end", "relaymeter", mem_kib(args.rm_pid)["VmHWM"])
+    put("mem_hwm_end", "nginx", mem_sum(ngx_workers)["VmHWM"])
+
+    # relaymeter's own count
+    conn = Conn(port["relaymeter"])
+    st, _, _, _, _, body = conn.request("GET", "/summary")
+    conn.close()
+    summ = json.loads(body)
+    ov = summ["overall"]
+    total = int(ov["total_requests"])
+    codes = ov.get("status_codes", {})
+    lo, hi = sent_rm["done"], sent_rm["done"] + sent_rm["slack"]
+    errs5 = sum(v for k, v in codes.items() if k.startswith("5"))
+    ok = lo <= total <= hi and errs5 == 0 and total > 0
+    check = (f"relaymeter /summary: total_requests={total}; bench completed {lo} requests to it "
+             f"(+ up to {sent_rm['slack']} in flight when a load run stopped, so expected {lo}..{hi}); "
+             f"status_codes={json.dumps(codes, sort_keys=True)}; error_count={ov.get('error_count')}; "
+             f"input_tokens={ov.get('input_tokens')}, output_tokens={ov.get('output_tokens')} -> "
+             f"{'OK' if ok else 'MISMATCH'}")
+
+    table = render(R, args)
+    print()
+    print(table["text"])
+    print(check)
+    meta = machine_note(args)
+    with open(args.out, "w") as f:
+        f.write(f"# relaymeter benchmark run\n\n{meta}\n\n{table['md']}\n\n{check}\n")
+        if args.notes:
+            f.write("\n" + args.notes + "\n")
+    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+        json.dump({"results": R, "check": check, "ok": ok}, f, indent=1, sort_keys=True)
+    log(f"wrote {args.out}")
+    return 0 if ok else 1
+
+
+# ---------------------------------------------------------------- table
+
+def machine_note(args):
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    def ver(cmd):
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+            return (p.stdout + p.stderr).strip().splitlines()[0]
+        except Exception:
+            return "?"
+    return "\n".join([
+        f"- command: `{args.command}`{' (smoke mode: tiny counts, figures meaningless)' if args.smoke else ''}",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
+        f"- machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}; "
+        "shared machine: load generator, proxy and fake upstream run on the same cores, unpinned",
+        f"- proxies: nginx worker_processes {args.threads}, relaymeter server.threads {args.threads}; "
+        "fake_upstream --threads 1; wrk -t1; open loop: bench/openloop (1 thread)",
+        f"- tools: {ver(['nginx', '-v'])}; {ver(['wrk', '-v'])}; relaymeter {ver(['git', '-C', os.path.dirname(args.bench_dir), 'rev-parse', '--short', 'HEAD'])}",
+        f"- streams: fake_upstream --chunks {args.chunks} --chunk-interval-ms {args.chunk_interval_ms:g}",
+    ])
+
+
+ROWS = [
+    # key, label, unit, better ("hi"/"lo"/None), target text, target check (fn(rm, nginx) -> bool) or None
+    ("cl1_rps", "closed loop c=1: req/s", "req/s", "hi", "", None),
+    ("cl16_rps", "closed loop c=16: req/s", "req/s", "hi", "", None),
+    ("cl64_rps", "closed loop c=64: req/s", "req/s", "hi", "≥ 1.0× nginx", lambda r, n: r >= n),
+    ("cl256_rps", "closed loop c=256: req/s", "req/s", "hi", "≥ 1.0× nginx", lambda r, n: r >= n),
+    ("cl1_p50", "c=1 latency p50", "µs", "lo", "", None),
+    ("cl1_p90", "c=1 latency p90", "µs", "lo", "", None),
+    ("cl1_p99", "c=1 latency p99", "µs", "lo", "", None),
+    ("cl1_p999", "c=1 latency p99.9", "µs", "lo", "", None),
+    ("cl1_add_p50", "c=1 added over direct, p50", "µs", "lo", "≤ nginx (stretch ≤ 30 µs)", lambda r, n: r <= n),
+    ("cl1_add_p99", "c=1 added over direct, p99", "µs", "lo", "≤ nginx (stretch ≤ 100 µs)", lambda r, n: r <= n),
+    ("cl1_add_p999", "c=1 added over direct, p99.9", "µs", "lo", "", None),
+    ("cl16_p50", "c=16 latency p50", "µs", "lo", "", None),
+    ("cl16_p99", "c=16 latency p99", "µs", "lo", "", None),
+    ("cl16_p999", "c=16 latency p99.9", "µs", "lo", "", None),
+    ("cl64_p50", "c=64 latency p50", "µs", "lo", "", None),
+    ("cl64_p90", "c=64 latency p90", "µs", "lo", "", None),
+    ("cl64_p99", "c=64 latency p99", "µs", "lo", "", None),
+    ("cl64_p999", "c=64 latency p99.9", "µs", "lo", "", None),
+    ("cl256_p50", "c=256 latency p50", "µs", "lo", "", None),
+    ("cl256_p90", "c=256 latency p90", "µs", "lo", "", None),
+    ("cl256_p99", "c=256 latency p99", "µs", "lo", "", None),
+    ("cl256_p999", "c=256 latency p99.9", "µs", "lo", "", None),
+    ("ol_rate", "open loop 60%: offered rate (60% of nginx c=64)", "req/s", None, "", None),
+    ("ol_achieved", "open loop 60%: completed rate", "req/s", "hi", "", None),
+    ("ol_p50", "open loop 60%: latency p50", "µs", "lo", "", None),
+    ("ol_p90", "open loop 60%: latency p90", "µs", "lo", "", None),
+    ("ol_p99", "open loop 60%: latency p99", "µs", "lo", "≤ nginx", lambda r, n: r <= n),
+    ("ol_p999", "open loop 60%: latency p99.9", "µs", "lo", "", None),
+    ("ol_add_p99", "open loop 60%: added over direct, p99", "µs", "lo", "", None),
+    ("ol_unsent", "open loop 60%: requests still queued at the end (target saturated)", "", None, "", None),
+    ("ol2_rate", "open loop 30%: offered rate (30% of nginx c=64)", "req/s", None, "", None),
+    ("ol2_achieved", "open loop 30%: completed rate", "req/s", "hi", "", None),
+    ("ol2_p50", "open loop 30%: latency p50", "µs", "lo", "", None),
+    ("ol2_p90", "open loop 30%: latency p90", "µs", "lo", "", None),
+    ("ol2_p99", "open loop 30%: latency p99", "µs", "lo", "", None),
+    ("ol2_p999", "open loop 30%: latency p99.9", "µs", "lo", "", None),
+    ("ol2_add_p99", "open loop 30%: added over direct, p99", "µs", "lo", "", None),
+    ("ol2_unsent", "open loop 30%: requests still queued at the end (target saturated)", "", None, "", None),
+    ("cl64_cpu", "proxy CPU per request, closed loop c=64", "µs", "lo", "≤ nginx", lambda r, n: r <= n),
+    ("cl1_cpu", "proxy CPU per request, closed loop c=1", "µs", "lo", "", None),
+    ("ol_cpu", "proxy CPU per request, open loop 60%", "µs", "lo", "≤ nginx", lambda r, n: r <= n),
+    ("ol2_cpu", "proxy CPU per request, open loop 30%", "µs", "lo", "≤ nginx", lambda r, n: r <= n),
+    ("st_ttfc_p50", "stream: time to first chunk p50", "µs", "lo", "", None),
+    ("st_ttfc_p99", "stream: time to first chunk p99", "µs", "lo", "", None),
+    ("st_ttfc_max", "stream: time to first chunk max", "µs", "lo", "", None),
+    ("st_add_ttfc_p50", "stream: added TTFC over direct, p50", "µs", "lo", "", None),
+    ("st_add_ttfc_p99", "stream: added TTFC over direct, p99", "µs", "lo", "≤ 100 µs", lambda r, n: r <= 100),
+    ("st_total_p50", "stream: total time p50", "µs", "lo", "", None),
+    ("st_total_p99", "stream: total time p99", "µs", "lo", "", None),
+    ("st_gap_max", "stream: longest gap between reads (Nagle/delayed ACK ≈ 40 ms)", "µs", "lo",
+     "no 40 ms stall", lambda r, n: r < 20000),
+    ("lb_p50", "1 MiB body: latency p50", "µs", "lo", "", None),
+    ("lb_p99", "1 MiB body: latency p99", "µs", "lo", "", None),
+    ("lb_add_p50", "1 MiB body: added over direct, p50", "µs", "lo", "≤ 1.5× nginx", lambda r, n: r <= 1.5 * n),
+    ("lb_add_p99", "1 MiB body: added over direct, p99", "µs", "lo", "", None),
+    ("mem_idle", "idle RSS after start (nginx: master+worker)", "MiB", "lo", "≤ 10 MiB", lambda r, n: r <= 10 * 1024),
+    ("mem_hwm_load", "peak RSS (VmHWM) after the load runs", "MiB", "lo", "", None),
+    ("idle_n", "idle keep-alive connections held", "", None, "", None),
+    ("idle_kib_per_conn", "RSS per idle keep-alive connection", "KiB", "lo", "≤ 16 KiB", lambda r, n: r <= 16),
+    ("idle_rss", "RSS with the idle connections open", "MiB", "lo", "", None),
+    ("idle_rss_closed", "RSS after closing them", "MiB", "lo", "", None),
+    ("mem_hwm_end", "peak RSS (VmHWM) at the end", "MiB", "lo", "", None),
+    ("render_metrics_p50", "/metrics render, 64+ models, p50", "ms", "lo", "≤ 5 ms", lambda r, n: r <= 5),
+    ("render_metrics_max", "/metrics render, max", "ms", "lo", "", None),
+    ("render_summary_p50", "/summary render, 64+ models, p50", "ms", "lo", "≤ 5 ms", lambda r, n: r <= 5),
+    ("render_summary_max", "/summary render, max", "ms", "lo", "", None),
+    ("cl_errors", "errors in the closed-loop runs (socket + non-2xx)", "", None, "", None),
+    ("other_errors", "errors in the other runs (open loop, streams, 1 MiB, idle)", "", None, "", None),
+]
+
+
+def fmt(v, unit):
+    if v is None or (isinstance(v, float) and v != v):
+        return "–"
+    if unit == "MiB":
+        return f"{v / 1024:.1f}"
+    if unit == "ms":
+        return f"{v:.2f}"
+    if unit == "KiB":
+        return f"{v:.1f}"
+    if abs(v) >= 100 or unit in ("req/s", ""):
+        return f"{v:.0f}"
+    return f"{v:.1f}"
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0 or a != a or b != b:
+        return "–"
+    return f"{a / b:.2f}"
+
+
+def render(R, args):
+    errs = {t: sum(R.get(f"cl{c}_err", {}).get(t, 0) for c in (1, 16, 64, 256)) for t in TARGETS}
+    R["cl_errors"] = errs
+    R["other_errors"] = {t: sum(R.get(k, {}).get(t, 0) for k in ("ol_err", "ol2_err", "st_bad", "lb_bad", "idle_bad"))
+                         for t in TARGETS}
+    hdr = ["measurement", "unit", "direct", "nginx", "relaymeter", "rm/nginx", "rm/direct", "issue 4 target", "met"]
+    rows = []
+    for key, label, unit, better, ttext, tfn in ROWS:
+        d = R.get(key, {})
+        dv, nv, rv = d.get("direct"), d.get("nginx"), d.get("relaymeter")
+        met = ""
+        if tfn and rv is not None:
+            try:
+                met = "yes" if tfn(rv, nv if nv is not None else float("nan")) else "NO"
+            except TypeError:
+                met = "?"
+        rows.append([label, unit, fmt(dv, unit), fmt(nv, unit), fmt(rv, unit),
+                     ratio(rv, nv) if better else "–", ratio(rv, dv) if better else "–", ttext, met])
+    widths = [max(len(str(r[i])) for r in rows + [hdr]) for i in range(len(hdr))]
+    lines = ["  ".join(str(c).ljust(widths[i]) if i in (0, 1, 7) else str(c).rjust(widths[i]) for i, c in enumerate(r))
+             for r in [hdr] + rows]
+    lines.insert(1, "-" * len(lines[0]))
+    md = ["| " + " | ".join(hdr) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * 5 + ["---", "---"]) + "|"]
+    for r in rows:
+        md.append("| " + " | ".join(r) + " |")
+    legend = ("Ratios are relaymeter ÷ nginx and relaymeter ÷ direct: for req/s higher is better, for everything "
+              "else lower is better. \"Added over direct\" = the proxied figure minus the direct figure at the same "
+              "percentile. Latencies of the open loop are measured from each request's scheduled send time "
+              "(corrected for coordinated omission).")
+    return {"text": "\n".join(lines), "md": "\n".join(md) + "\n\n" + legend}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
