@@ -487,3 +487,35 @@ TEST_CASE("proxy: SIGTERM lets in-flight requests finish, then exits 0", "[integ
     CHECK(pending.get() == 200);
     CHECK(d.stop() == 0);
 }
+
+TEST_CASE("proxy: SIGHUP reloads prices for later requests, a bad file keeps the running config", "[integration]") {
+    fake::OpenAIOptions o;
+    o.prompt_tokens = 1000;
+    o.completion_tokens = 1000;
+    fake::FakeUpstream up({}, fake::openai_handler(o));
+    Daemon d(daemon_yaml(up.base_url()));
+    HttpClient c(d.port());
+    REQUIRE(c.post_json("/v1/chat/completions", chat("gpt-4.1")).status == 200);
+    wait_total(d.port(), 1);
+
+    // gpt-4.1 becomes 1 and 2 USD per 1M tokens.
+    std::string yaml = daemon_yaml(up.base_url());
+    yaml.replace(yaml.find("gpt-4.1:           { input: 8.00,  output: 32.00 }"), 50,
+                 "gpt-4.1:           { input: 1.00,  output: 2.00  }");
+    std::ofstream(d.config_path(), std::ios::trunc) << yaml;
+    d.signal(SIGHUP);
+    REQUIRE(d.wait_log("SIGHUP: reloaded", std::chrono::seconds(5)));
+    REQUIRE(c.post_json("/v1/chat/completions", chat("gpt-4.1")).status == 200);
+    auto s = wait_total(d.port(), 2);
+    CHECK(model_entry(s, "gpt-4.1")["total_cost_usd"].get<double>() ==
+          Approx((1000 * 8.0 + 1000 * 32.0 + 1000 * 1.0 + 1000 * 2.0) / 1e6).epsilon(1e-12));
+
+    std::ofstream(d.config_path(), std::ios::trunc) << "pricing:\n  gpt-4.1: { input: -5, output: 1 }\n";
+    d.signal(SIGHUP);
+    REQUIRE(d.wait_log("is not valid, keeping the running config", std::chrono::seconds(5)));
+    CHECK(d.wait_log("pricing.gpt-4.1.input", std::chrono::seconds(5)));
+    REQUIRE(c.post_json("/v1/chat/completions", chat("gpt-4.1")).status == 200);
+    s = wait_total(d.port(), 3);
+    CHECK(model_entry(s, "gpt-4.1")["total_cost_usd"].get<double>() ==
+          Approx((1000 * 8.0 + 1000 * 32.0 + 2 * (1000 * 1.0 + 1000 * 2.0)) / 1e6).epsilon(1e-12));
+}

@@ -98,7 +98,7 @@ std::string errors_of(const std::string& yaml) {
 // ---------------------------------------------------------------------------
 // Windows
 
-TEST_CASE("window: records land in their finished_at minute; boundaries are whole minutes", "[window]") {
+TEST_CASE("window: records land in their finished_at minute, boundaries are whole minutes", "[window]") {
     Engine e({64, prices()});
     // Minutes relative to kNow's minute (14:30): -70, -10, -3, -1, 0; one in the future.
     e.record(rec("gpt-4.1", 200, 0.1, kNow - minutes(70)));
@@ -138,7 +138,7 @@ TEST_CASE("window: late records (older minute than the thread's last) are counte
     CHECK(requests(e.snapshot_window(seconds(3600), kNow), "gpt-4.1") == 2);
 }
 
-TEST_CASE("window: same fields as since start; cost, tokens and hourly cost over the window", "[window]") {
+TEST_CASE("window: same fields as since start, cost, tokens and hourly cost over the window", "[window]") {
     Engine e({64, prices()});
     // 14:29:30 and 14:30:30 (same hour), 15 minutes earlier 14:15:30.
     e.record(rec("gpt-4.1", 200, 0.5, kNow - minutes(15), 1000, 100));
@@ -399,7 +399,7 @@ TEST_CASE("alerts: a pending alert whose condition clears is dropped silently", 
     CHECK(ev.pending().empty());
 }
 
-TEST_CASE("alerts: for_s 0 fires at the first evaluation; cost covers the trailing 60 minutes only", "[alerts]") {
+TEST_CASE("alerts: for_s 0 fires at the first evaluation, cost covers the trailing 60 minutes only", "[alerts]") {
     Engine e({64, prices()});
     auto cfg = small_thresholds();
     cfg.cost_per_hour_usd = 0.5;
@@ -476,7 +476,7 @@ TEST_CASE("alerts: ai_alerts_firing exposition", "[alerts]") {
 // ---------------------------------------------------------------------------
 // Webhook payloads
 
-TEST_CASE("webhooks: generic payload is the alert object; target is the URL path as written", "[alerts][webhook]") {
+TEST_CASE("webhooks: generic payload is the alert object, target is the URL path as written", "[alerts][webhook]") {
     Alert a;
     a.type = AlertType::high_error_rate;
     a.model = "gpt-4.1";
@@ -546,7 +546,7 @@ TEST_CASE("webhooks: Alertmanager v2 payload and target", "[alerts][webhook]") {
     CHECK(nlohmann::json::parse(alerts::payload_for(w, a)).is_array());
 }
 
-TEST_CASE("webhooks: bounded queue drops the oldest; backoff is bounded", "[alerts][webhook]") {
+TEST_CASE("webhooks: bounded queue drops the oldest, backoff is bounded", "[alerts][webhook]") {
     alerts::BoundedQueue<int> q(3);
     CHECK_FALSE(q.push(1));
     CHECK_FALSE(q.push(2));

@@ -305,7 +305,7 @@ TEST_CASE("metrics: model cap admits max_models names, the rest count as other")
     CHECK(snap.overall().requests == 15);
 }
 
-TEST_CASE("metrics: model cap holds process-wide across threads; none/other do not count") {
+TEST_CASE("metrics: model cap holds process-wide across threads, none/other do not count") {
     Engine engine(EngineOptions{3, {}});
     std::vector<std::thread> threads;
     for (int t = 0; t < 4; ++t) {
