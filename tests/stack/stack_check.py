@@ -251,6 +251,18 @@ def check_prometheus():
             print(prom.tail())
             return
 
+        # The daemon's alert engine (when the build has one) fires high_error_rate
+        # for the model that collects the 429s; wait (bounded) until Prometheus
+        # has scraped ai_alerts_firing, which the dashboard's alerts panel shows.
+        if common.request(port, "GET", "/alerts")[0] == 200:
+            deadline, firing = time.monotonic() + 45, []
+            while time.monotonic() < deadline and not firing:
+                firing = prom_query(pport, "ai_alerts_firing > 0")["data"]["result"]
+                if not firing:
+                    time.sleep(0.25)  # polling the APIs with a deadline: no event to wait on
+            report(bool(firing), "Prometheus scraped a firing ai_alerts_firing",
+                   ", ".join(f'{x["metric"].get("type")}/{x["metric"].get("model", "")}' for x in firing))
+
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
             metrics_text = r.read().decode()
         with open(os.path.join(common.ARTIFACTS, "stack_metrics.txt"), "w") as f:
