@@ -4,5 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --tests
-ctest --test-dir build --output-on-failure -j "${RELAYMETER_JOBS:-2}" --timeout 300
-bash tests/stack/run.sh   # docker/ checks, Grafana PromQL on a real Prometheus, /dashboard in Chromium
+rc=0
+# docker/ checks, Grafana PromQL on a real Prometheus, /dashboard in Chromium
+bash tests/stack/run.sh || rc=1
+# ctest last, so that its summary line closes the output.
+ctest --test-dir build --output-on-failure -j "${RELAYMETER_JOBS:-2}" --timeout 300 || rc=1
+exit "$rc"
