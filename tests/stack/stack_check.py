@@ -21,6 +21,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -32,6 +33,7 @@ ROOT = common.ROOT
 DOCKER = os.path.join(ROOT, "docker")
 DASHBOARD = os.path.join(DOCKER, "grafana", "dashboards", "relaymeter.json")
 ALERTS = os.path.join(DOCKER, "prometheus", "alerts.yml")
+SLOW_MODEL = "slow-model"  # the fake upstream answers it after 2.1 s
 
 failures = []
 
@@ -209,7 +211,8 @@ def check_prometheus():
     os.makedirs(common.ARTIFACTS, exist_ok=True)
     # every 10th response is a 429: error-rate and status-code panels get data
     fake, rm, port = common.start_pair(work, ["--error-rate", "0.1", "--error-status", "429",
-                                              "--latency-ms", "5", "--chunks", "4", "--chunk-interval-ms", "2"],
+                                              "--latency-ms", "5", "--chunks", "4", "--chunk-interval-ms", "2",
+                                              "--model-latency", f"{SLOW_MODEL}=2100"],
                                        extra_config="alerts: { interval_s: 1 }\n")
     print(f"  relaymeter on 127.0.0.1:{port}; logs kept in {os.path.join(common.ARTIFACTS, 'logs', 'stack')}")
     common.drive(port, rounds=4)
@@ -250,6 +253,39 @@ def check_prometheus():
         if scrapes < 8:
             print(prom.tail())
             return
+
+        # One model slower than the 2 s latency threshold (the fake delays it
+        # 2.1 s), so that the latency rule and the daemon's high_latency alert
+        # are compared below as well. Prometheus's rates only see increases of a
+        # series it already knows: one request creates the series, then 24 at
+        # once (above the 20-request guards) while it scrapes. The background
+        # traffic pauses meanwhile, so that the fake's every-10th-request
+        # errors fall 2 or 3 times in each of the two counts and both sides see
+        # the same error rate for this model (> 5 % either way).
+        bg_errors = traffic.stop()
+        if bg_errors:
+            report(False, "background traffic", "; ".join(bg_errors[:3]))
+
+        def wait_prom_count(n):
+            deadline, seen = time.monotonic() + 30, 0.0
+            while time.monotonic() < deadline:
+                res = prom_query(pport, f'sum(ai_requests_total{{model="{SLOW_MODEL}"}})')["data"]["result"]
+                seen = float(res[0]["value"][1]) if res else 0.0
+                if seen >= n:
+                    break
+                time.sleep(0.25)  # polling the API with a deadline: no event to wait on
+            return seen
+
+        common.chat(port, SLOW_MODEL)
+        wait_prom_count(1)
+        slow = [threading.Thread(target=common.chat, args=(port, SLOW_MODEL)) for _ in range(24)]
+        for t in slow:
+            t.start()
+        for t in slow:
+            t.join(timeout=30)
+        seen = wait_prom_count(25)
+        report(seen >= 25, f"Prometheus scraped the {SLOW_MODEL} requests", f"{seen:g} of 25")
+        traffic = common.Background(port)
 
         # The daemon's alert engine (when the build has one) fires high_error_rate
         # for the model that collects the 429s; wait (bounded) until Prometheus

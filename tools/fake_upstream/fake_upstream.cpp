@@ -661,10 +661,12 @@ struct OpenAIState {
         return errors_after(n) > errors_after(n - 1); // exactly floor(n * rate) errors after n requests
     }
 
-    Response with_latency(Response body) const {
-        if (options.latency.count() <= 0) return body;
+    Response with_latency(Response body, const std::string& model) const {
+        auto latency = options.latency;
+        if (auto it = options.model_latency.find(model); it != options.model_latency.end()) latency = it->second;
+        if (latency.count() <= 0) return body;
         Response r;
-        r.delay(options.latency);
+        r.delay(latency);
         for (auto& s : body.steps) r.steps.push_back(std::move(s));
         return r;
     }
@@ -705,15 +707,15 @@ struct OpenAIState {
         Renderer rr{options, info, completion};
         switch (ep) {
         case Endpoint::Chat:
-            return with_latency(info.stream ? stream_response(rr.chat_events(), 1) : json_ok(rr.chat_body()));
+            return with_latency(info.stream ? stream_response(rr.chat_events(), 1) : json_ok(rr.chat_body()), info.model);
         case Endpoint::Completions:
             return with_latency(info.stream ? stream_response(rr.completion_events(), 0)
-                                            : json_ok(rr.completion_body()));
+                                            : json_ok(rr.completion_body()), info.model);
         case Endpoint::Responses:
             return with_latency(info.stream ? stream_response(rr.responses_events(), 1)
-                                            : json_ok(rr.response_object(true).dump()));
+                                            : json_ok(rr.response_object(true).dump()), info.model);
         case Endpoint::Embeddings:
-            return with_latency(json_ok(rr.embeddings_body()));
+            return with_latency(json_ok(rr.embeddings_body()), info.model);
         default:
             break;
         }
@@ -745,7 +747,8 @@ struct OpenAIState {
             return with_latency(Response::json(
                 options.error_status,
                 error_body("fake upstream error (status " + std::to_string(options.error_status) + ")", type,
-                           nullptr)));
+                           nullptr)),
+                info.model);
         }
         std::string key;
         key.reserve(info.model.size() + 48);

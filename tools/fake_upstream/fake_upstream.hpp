@@ -96,6 +96,8 @@ struct OpenAIOptions {
     std::uint64_t cached_tokens = 0;
     std::uint64_t reasoning_tokens = 0;
     std::chrono::microseconds latency{0};        // before the response head
+    // Per-model latency, replacing `latency` for requests naming that model.
+    std::map<std::string, std::chrono::microseconds> model_latency;
     unsigned stream_chunks = 5;                  // content chunks per stream
     std::chrono::microseconds chunk_interval{0}; // between stream chunks
     double error_rate = 0.0;                     // fraction of requests answered with error_status

@@ -9,6 +9,7 @@
 #include <iostream>
 #include <pthread.h>
 #include <string>
+#include <vector>
 
 namespace po = boost::program_options;
 using namespace relaymeter::fake;
@@ -45,6 +46,7 @@ int main(int argc, char** argv) {
     std::string cert;
     std::string key;
     double latency_ms = 0;
+    std::vector<std::string> model_latency;
     unsigned chunks = 5;
     double chunk_interval_ms = 0;
     double error_rate = 0;
@@ -62,6 +64,8 @@ int main(int argc, char** argv) {
         ("tls-cert", po::value(&cert), "PEM certificate (chain): serve HTTPS")
         ("tls-key", po::value(&key), "PEM private key")
         ("latency-ms", po::value(&latency_ms)->default_value(latency_ms), "delay before each response head")
+        ("model-latency", po::value(&model_latency)->composing(),
+         "MODEL=MS: this model's delay instead of --latency-ms (repeatable)")
         ("chunks", po::value(&chunks)->default_value(chunks), "content chunks per stream")
         ("chunk-interval-ms", po::value(&chunk_interval_ms)->default_value(chunk_interval_ms),
          "delay between stream chunks")
@@ -112,6 +116,19 @@ int main(int argc, char** argv) {
     ai.cached_tokens = cached_tokens;
     ai.reasoning_tokens = reasoning_tokens;
     ai.latency = from_ms(latency_ms);
+    for (const auto& item : model_latency) {
+        const auto eq = item.rfind('=');
+        double ms = -1;
+        try {
+            if (eq != std::string::npos && eq > 0) ms = std::stod(item.substr(eq + 1));
+        } catch (const std::exception&) {
+        }
+        if (ms < 0) {
+            std::cerr << "fake_upstream: bad --model-latency '" << item << "' (want MODEL=MS)\n";
+            return 2;
+        }
+        ai.model_latency[item.substr(0, eq)] = from_ms(ms);
+    }
     ai.stream_chunks = chunks;
     ai.chunk_interval = from_ms(chunk_interval_ms);
     ai.error_rate = error_rate;
