@@ -6,6 +6,7 @@
 #include <mutex>
 #include <random>
 #include <span>
+#include <type_traits>
 #include <unordered_set>
 
 #include <nlohmann/json.hpp>
@@ -104,6 +105,41 @@ struct Meter {
 template <class Stream>
 beast::tcp_stream& lowest(Stream& s) {
     return beast::get_lowest_layer(s);
+}
+
+// Writes as much of `buffers` as the socket takes right now, without
+// suspending: a request or a small response usually fits the socket buffer,
+// and then no completion handler has to go round the scheduler. Returns the
+// bytes written; `ec` is set only for a real error (not would_block).
+template <class Buffers>
+std::size_t write_now(tcp::socket& sock, const Buffers& buffers, error_code& ec) {
+    if (!sock.non_blocking()) {
+        sock.non_blocking(true, ec);
+        if (ec) return 0;
+    }
+    const std::size_t n = sock.write_some(buffers, ec);
+    if (ec == asio::error::would_block || ec == asio::error::try_again) ec = {};
+    return ec ? 0 : n;
+}
+
+// write_now, then an asynchronous write of whatever is left.
+template <class Buffers>
+awaitable<void> write_all(beast::tcp_stream& stream, const Buffers& buffers, error_code& ec) {
+    const std::size_t total = asio::buffer_size(buffers);
+    const std::size_t n = write_now(stream.socket(), buffers, ec);
+    if (ec || n == total) co_return;
+    beast::buffers_suffix<Buffers> rest(buffers);
+    rest.consume(n);
+    co_await asio::async_write(stream, rest, asio::redirect_error(use_awaitable, ec));
+}
+
+// The request head as sent upstream (the fields after rewriting).
+void serialize_request_head(std::string& out, const http::request_header<>& req) {
+    out.clear();
+    out.append(req.method_string()).push_back(' ');
+    out.append(req.target()).append(" HTTP/1.1\r\n");
+    for (auto const& f : req) out.append(f.name_string()).append(": ").append(f.value()).append("\r\n");
+    out.append("\r\n");
 }
 
 // The client's response head: the upstream's status and headers less the
@@ -250,8 +286,7 @@ awaitable<bool> Exchange::send(std::string_view data, bool last) {
         client_.expires_after(seconds(meter_.streamed ? cfg_.streaming.idle_timeout_s : cfg_.upstream.request_timeout_s));
     head_sent_ = true;
     error_code ec;
-    co_await asio::async_write(client_, std::span<const asio::const_buffer>(bufs.data(), n),
-                               asio::redirect_error(use_awaitable, ec));
+    co_await write_all(client_, std::span<const asio::const_buffer>(bufs.data(), n), ec);
     co_return !ec;
 }
 
@@ -325,7 +360,14 @@ awaitable<void> Exchange::relay(Stream& up) {
     auto& up_tcp = lowest(up);
 
     up_tcp.expires_at(deadline);
-    co_await http::async_write(up, req_, asio::redirect_error(use_awaitable, ec));
+    if constexpr (std::is_same_v<Stream, beast::tcp_stream>) {
+        std::string head;
+        serialize_request_head(head, req_.base());
+        const std::array<asio::const_buffer, 2> bufs{asio::buffer(head), asio::buffer(req_.body())};
+        co_await write_all(up, bufs, ec);
+    } else {
+        co_await http::async_write(up, req_, asio::redirect_error(use_awaitable, ec));
+    }
     if (ec) {
         // Some bytes may have reached the upstream: never retried.
         if (ec == beast::error::timeout)

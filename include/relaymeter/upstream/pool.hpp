@@ -22,7 +22,10 @@ class Connection {
 public:
     using Stream = std::variant<beast::tcp_stream, tls_stream>;
 
-    explicit Connection(Stream stream) : stream_(std::move(stream)) {}
+    // The read buffer starts at 16 KiB: Beast reads at most the buffer's free
+    // capacity (512 bytes at first), which split even small responses into
+    // several reads and writes.
+    explicit Connection(Stream stream) : stream_(std::move(stream)) { buffer_.reserve(16 * 1024); }
 
     Stream& stream() { return stream_; }
     beast::tcp_stream& tcp() {
