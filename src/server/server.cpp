@@ -262,8 +262,26 @@ awaitable<bool> Worker::handle_one(Session& s, beast::flat_buffer& buf, bool loc
     // against it while finishing the head, and we answer that case ourselves
     // (413, metered) rather than as a malformed head.
     parser.body_limit(std::numeric_limits<std::uint64_t>::max());
-    s.stream.expires_after(seconds(cfg.server.header_timeout_s));
-    co_await http::async_read_header(s.stream, buf, parser, asio::redirect_error(use_awaitable, ec));
+    // What is already buffered (usually the whole request) is parsed here:
+    // async_read_header/async_read complete through the scheduler even when
+    // no byte has to be read, a round trip per call.
+    auto parse_buffered = [&](bool body) {
+        parser.eager(body);
+        while (buf.size() > 0 && !(body ? parser.is_done() : parser.is_header_done())) {
+            const std::size_t n = parser.put(buf.data(), ec);
+            buf.consume(n);
+            if (ec == http::error::need_more) {
+                ec = {};
+                break;
+            }
+            if (ec || n == 0) break;
+        }
+    };
+    parse_buffered(false);
+    if (!ec && !parser.is_header_done()) {
+        s.stream.expires_after(seconds(cfg.server.header_timeout_s));
+        co_await http::async_read_header(s.stream, buf, parser, asio::redirect_error(use_awaitable, ec));
+    }
     if (ec) {
         if (ec == http::error::header_limit) {
             meter_unparsed(431, buf, arrival);
@@ -289,18 +307,19 @@ awaitable<bool> Worker::handle_one(Session& s, beast::flat_buffer& buf, bool loc
     const std::string_view target = req.target();
     if (target.substr(0, 4) != "/v1/") {
         // Admin endpoints and 404s: read (and bound) the body, never metered.
-        if (!parser.is_done()) {
+        parse_buffered(true);
+        if (!ec && !parser.is_done()) {
             s.stream.expires_after(seconds(cfg.server.header_timeout_s));
             co_await http::async_read(s.stream, buf, parser, asio::redirect_error(use_awaitable, ec));
-            if (ec) {
-                if (ec == http::error::body_limit) {
-                    auto res = proxy::error_response(http::status::payload_too_large, "body_too_large",
-                                                     "request body exceeds server.max_request_body_bytes",
-                                                     req.version(), false, {});
-                    co_await reply(s, res);
-                }
-                co_return false;
+        }
+        if (ec) {
+            if (ec == http::error::body_limit) {
+                auto res = proxy::error_response(http::status::payload_too_large, "body_too_large",
+                                                 "request body exceeds server.max_request_body_bytes",
+                                                 req.version(), false, {});
+                co_await reply(s, res);
             }
+            co_return false;
         }
         co_return co_await admin(s, req);
     }
@@ -338,7 +357,8 @@ awaitable<bool> Worker::handle_one(Session& s, beast::flat_buffer& buf, bool loc
                                          "request body exceeds server.max_request_body_bytes", version, false,
                                          "none", rid, arrival);
     }
-    if (!parser.is_done()) {
+    parse_buffered(true);
+    if (!ec && !parser.is_done()) {
         if (beast::iequals(req[http::field::expect], "100-continue")) {
             http::response<http::empty_body> cont{http::status::continue_, version};
             s.stream.expires_after(seconds(cfg.server.header_timeout_s));
@@ -347,6 +367,8 @@ awaitable<bool> Worker::handle_one(Session& s, beast::flat_buffer& buf, bool loc
         }
         s.stream.expires_after(seconds(cfg.upstream.request_timeout_s));
         co_await http::async_read(s.stream, buf, parser, asio::redirect_error(use_awaitable, ec));
+    }
+    {
         if (ec) {
             if (ec == http::error::body_limit) {
                 co_return co_await proxy::reject(pctx_, s.stream, http::status::payload_too_large, "body_too_large",
