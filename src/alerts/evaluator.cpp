@@ -144,22 +144,17 @@ void Evaluator::step(const Key& key, const std::optional<std::string>& model, co
     }
 }
 
-std::vector<Alert> Evaluator::firing() const {
+std::vector<Alert> Evaluator::in_state(AlertState state) const {
     const std::lock_guard lock(mu_);
     std::vector<Alert> out;
     for (const auto& [key, a] : active_) {
-        if (a.state == AlertState::firing) out.push_back(a);
+        if (a.state == state) out.push_back(a);
     }
     return out;
 }
 
-std::vector<Alert> Evaluator::pending() const {
-    const std::lock_guard lock(mu_);
-    std::vector<Alert> out;
-    for (const auto& [key, a] : active_) {
-        if (a.state == AlertState::pending) out.push_back(a);
-    }
-    return out;
-}
+std::vector<Alert> Evaluator::firing() const { return in_state(AlertState::firing); }
+
+std::vector<Alert> Evaluator::pending() const { return in_state(AlertState::pending); }
 
 } // namespace relaymeter::alerts

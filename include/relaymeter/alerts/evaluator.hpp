@@ -52,6 +52,7 @@ public:
     double error_rate_threshold(const std::string& model) const;
 
 private:
+    std::vector<Alert> in_state(AlertState state) const; // active_ in map order
     using Key = std::pair<AlertType, std::string>; // model "" for high_cost
 
     struct Observation {
