@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <limits>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <span>
 #include <type_traits>
@@ -347,7 +348,6 @@ awaitable<bool> Exchange::run() {
 
     conn_ = lease.conn.get();
     co_await std::visit([this](auto& s) { return relay(s); }, lease.conn->stream());
-    conn_->requests++;
     ctx_.pool.release(std::move(lease.conn), reusable_);
     meter_.finish();
     co_return client_keep_alive_;
@@ -413,8 +413,13 @@ awaitable<void> Exchange::relay(Stream& up) {
     }
     build_head(head_, ures, client_version_, keep_length, chunked_out_, client_keep_alive_, meter_.rid);
 
-    usage::JsonUsageScanner json;
-    usage::StreamMeter stream(strip_);
+    // Only the scanner this body needs (each allocates its state).
+    std::optional<usage::JsonUsageScanner> json;
+    std::optional<usage::StreamMeter> stream;
+    if (sse)
+        stream.emplace(strip_);
+    else
+        json.emplace();
     std::string out;
     RelayBuffer buf;
     const auto stream_deadline = cfg_.streaming.total_timeout_s > 0
@@ -435,18 +440,18 @@ awaitable<void> Exchange::relay(Stream& up) {
         std::string_view data(buf.data(), n);
         if (sse) {
             out.clear();
-            stream.feed(data, out);
-            if (last) stream.finish(out);
+            stream->feed(data, out);
+            if (last) stream->finish(out);
             data = out;
         } else {
-            json.feed(data);
+            json->feed(data);
         }
         if (!data.empty() || last) {
             client_ok = co_await send(data, last);
-            if (client_ok && sse && meter_.ttft_s < 0 && stream.saw_content()) meter_.ttft_s = since(meter_.arrival);
+            if (client_ok && sse && meter_.ttft_s < 0 && stream->saw_content()) meter_.ttft_s = since(meter_.arrival);
         }
     }
-    meter_.use = sse ? stream.usage() : json.result();
+    meter_.use = sse ? stream->usage() : json->result();
 
     if (!client_ok) {
         // The client went away: the upstream connection is dropped, not pooled.

@@ -37,7 +37,6 @@ public:
     bool looks_alive();
 
     clock::time_point idle_since{};
-    std::uint64_t requests = 0; // requests sent on this connection
 
 private:
     Stream stream_;
