@@ -68,9 +68,10 @@ void note_unpriced(const std::string& model) {
 
 // Everything known about one exchange, recorded when it ends.
 struct Meter {
-    Meter(Context& c, const std::string& r, clock::time_point a) : ctx(c), rid(r), arrival(a) {}
+    Meter(Context& c, const Origin& o) : ctx(c), rid(o.request_id), key(o.key), arrival(o.arrival) {}
     Context& ctx;
     const std::string& rid;
+    std::string_view key;
     clock::time_point arrival;
     std::string model = "none";
     std::shared_ptr<const metrics::PriceTable> prices;
@@ -84,6 +85,8 @@ struct Meter {
     void finish() {
         metrics::Record r;
         r.model = model;
+        r.key = key;
+        r.request_id = rid;
         r.status = status;
         r.latency_s = since(arrival);
         r.ttft_s = ttft_s;
@@ -221,8 +224,8 @@ private:
 
 class Exchange {
 public:
-    Exchange(Context& ctx, beast::tcp_stream& client, Request& req, const std::string& rid, clock::time_point arrival)
-        : ctx_(ctx), cfg_(ctx.cfg), client_(client), req_(req), meter_(ctx, rid, arrival) {}
+    Exchange(Context& ctx, beast::tcp_stream& client, Request& req, const Origin& origin)
+        : ctx_(ctx), cfg_(ctx.cfg), client_(client), req_(req), meter_(ctx, origin) {}
 
     awaitable<bool> run();
 
@@ -519,20 +522,19 @@ http::response<http::string_body> error_response(http::status status, std::strin
     return res;
 }
 
-awaitable<bool> forward(Context& ctx, beast::tcp_stream& client, Request& req, std::string rid,
-                        clock::time_point arrival) {
-    Exchange ex(ctx, client, req, rid, arrival);
+awaitable<bool> forward(Context& ctx, beast::tcp_stream& client, Request& req, const Origin& origin) {
+    Exchange ex(ctx, client, req, origin);
     co_return co_await ex.run();
 }
 
 awaitable<bool> reject(Context& ctx, beast::tcp_stream& client, http::status status, std::string_view code,
                        std::string_view message, unsigned version, bool keep_alive, std::string model,
-                       const std::string& rid, clock::time_point arrival) {
-    Meter m(ctx, rid, arrival);
+                       const Origin& origin) {
+    Meter m(ctx, origin);
     m.model = std::move(model);
     m.status = static_cast<int>(status);
     m.note = code;
-    auto res = error_response(status, code, message, version, keep_alive, rid);
+    auto res = error_response(status, code, message, version, keep_alive, origin.request_id);
     client.expires_after(seconds(ctx.cfg.server.header_timeout_s));
     error_code ec;
     co_await http::async_write(client, res, asio::redirect_error(use_awaitable, ec));

@@ -331,7 +331,7 @@ awaitable<bool> Worker::handle_one(Session& s, beast::flat_buffer& buf, bool loc
         ~InFlight() { e.request_finished(); }
     } in_flight{shared_.engine};
 
-    std::string rid = proxy::request_id(req["X-Request-Id"]);
+    proxy::Origin origin{proxy::request_id(req["X-Request-Id"]), cfg.auth.enabled ? "none" : "", arrival};
     const unsigned version = req.version();
     const bool keep_alive = req.keep_alive();
 
@@ -340,22 +340,25 @@ awaitable<bool> Worker::handle_one(Session& s, beast::flat_buffer& buf, bool loc
             pctx_, s.stream, http::status::forbidden, "protected_mode",
             "relaymeter spends its own upstream key and serves only loopback clients: configure auth.keys or "
             "set server.protected_mode: false",
-            version, false, "none", rid, arrival);
+            version, false, "none", origin);
     }
     if (cfg.auth.enabled) {
         const auto presented = bearer(req[http::field::authorization]);
-        bool ok = false;
-        for (const auto& k : cfg.auth.keys) ok |= constant_time_equal(presented, k.key);
-        if (!ok) {
+        // Every key is compared, in constant time, whichever matches.
+        const config::AuthKey* match = nullptr;
+        for (const auto& k : cfg.auth.keys) {
+            if (constant_time_equal(presented, k.key)) match = &k;
+        }
+        if (match != nullptr) origin.key = match->name;
+        if (match == nullptr) {
             co_return co_await proxy::reject(pctx_, s.stream, http::status::unauthorized, "invalid_api_key",
-                                             "missing or invalid relaymeter API key", version, false, "none", rid,
-                                             arrival);
+                                             "missing or invalid relaymeter API key", version, false, "none", origin);
         }
     }
     if (auto len = parser.content_length(); len && *len > cfg.server.max_request_body_bytes) {
         co_return co_await proxy::reject(pctx_, s.stream, http::status::payload_too_large, "body_too_large",
                                          "request body exceeds server.max_request_body_bytes", version, false,
-                                         "none", rid, arrival);
+                                         "none", origin);
     }
     parse_buffered(true);
     if (!ec && !parser.is_done()) {
@@ -373,23 +376,21 @@ awaitable<bool> Worker::handle_one(Session& s, beast::flat_buffer& buf, bool loc
             if (ec == http::error::body_limit) {
                 co_return co_await proxy::reject(pctx_, s.stream, http::status::payload_too_large, "body_too_large",
                                                  "request body exceeds server.max_request_body_bytes", version,
-                                                 false, "none", rid, arrival);
+                                                 false, "none", origin);
             }
             if (ec == beast::error::timeout) {
                 co_return co_await proxy::reject(pctx_, s.stream, http::status::request_timeout, "body_timeout",
-                                                 "request body not received in time", version, false, "none", rid,
-                                                 arrival);
+                                                 "request body not received in time", version, false, "none", origin);
             }
             // The client went away or sent a broken body: record it, answer if we still can.
             const bool gone = ec == http::error::end_of_stream || ec == asio::error::eof ||
                               ec == asio::error::connection_reset;
             co_return co_await proxy::reject(pctx_, s.stream, gone ? static_cast<http::status>(499) : http::status::bad_request,
                                              gone ? "client_closed" : "bad_request",
-                                             "malformed request body: " + ec.message(), version, false, "none", rid,
-                                             arrival);
+                                             "malformed request body: " + ec.message(), version, false, "none", origin);
         }
     }
-    const bool keep = co_await proxy::forward(pctx_, s.stream, req, std::move(rid), arrival);
+    const bool keep = co_await proxy::forward(pctx_, s.stream, req, origin);
     co_return keep && keep_alive;
 }
 

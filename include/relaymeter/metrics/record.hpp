@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "relaymeter/usage/usage.hpp"
 
@@ -14,6 +15,8 @@ class PriceTable;
 
 struct Record {
     std::string model = "none";       // sanitized (usage::sanitize_model); engine caps distinct names
+    std::string key;                  // auth on: client key name ("none" without a valid key); empty: auth off
+    std::string_view request_id;      // for the record's sinks (ledger); valid during Engine::record only
     int status = 0;                   // status the client got (499: client went away, 502: upstream failed mid-response)
     double latency_s = 0;             // arrival to last byte sent
     double ttft_s = -1;               // streams: arrival to first content chunk sent; <0 = none

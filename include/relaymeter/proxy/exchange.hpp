@@ -26,6 +26,13 @@ struct Context {
     std::string host_header; // Host sent upstream: host[:port]
 };
 
+// Who sent a /v1/ request and when: what every record of it carries.
+struct Origin {
+    std::string request_id;
+    std::string_view key;        // auth on: the client key's name ("none" without a valid key); auth off: empty
+    clock::time_point arrival;
+};
+
 // The client's X-Request-Id when sane (printable ASCII, 1..128 chars), else a
 // fresh random id.
 std::string request_id(std::string_view client_value);
@@ -37,13 +44,12 @@ http::response<http::string_body> error_response(http::status status, std::strin
 
 // Forward a complete /v1/ request (body read) and write the response to the
 // client. Returns true when the client connection may serve another request.
-awaitable<bool> forward(Context& ctx, beast::tcp_stream& client, Request& req, std::string request_id,
-                        clock::time_point arrival);
+awaitable<bool> forward(Context& ctx, beast::tcp_stream& client, Request& req, const Origin& origin);
 
 // Write relaymeter's own error for a /v1/ request and meter it (model from
 // the body when there is one).
 awaitable<bool> reject(Context& ctx, beast::tcp_stream& client, http::status status, std::string_view code,
                        std::string_view message, unsigned version, bool keep_alive, std::string model,
-                       const std::string& request_id, clock::time_point arrival);
+                       const Origin& origin);
 
 } // namespace relaymeter::proxy
