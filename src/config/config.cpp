@@ -570,6 +570,8 @@ void Loader::read_metrics(const Item& it, MetricsConfig& m) {
     walk(it, {
         {"max_models",
          [&](const Item& f) { read_uint(f, m.max_models, 1, std::numeric_limits<unsigned>::max()); }},
+        {"max_keys",
+         [&](const Item& f) { read_uint(f, m.max_keys, 1, std::numeric_limits<unsigned>::max()); }},
         {"labels",
          [&](const Item& f) {
              m.labels.clear();

@@ -71,6 +71,22 @@ void apply(ModelStats& s, const Facts& f) {
     if (f.ttft >= 0) s.ttft.observe(f.ttft);
 }
 
+void apply(KeyCounters& c, const Facts& f) {
+    ++c.requests;
+    if (!f.success) ++c.errors;
+    c.input_tokens += f.usage->input;
+    c.output_tokens += f.usage->output;
+    c.cost_usd += f.cost;
+}
+
+// Finds or makes map[name].
+template <class Map, class Make>
+typename Map::mapped_type& slot(Map& map, const std::string& name, Make make) {
+    auto it = map.find(name);
+    if (it == map.end()) it = map.emplace(name, make()).first;
+    return it->second;
+}
+
 // ModelStats whose sketches have the coarse (per-minute) resolution.
 ModelStats coarse_stats() {
     ModelStats s;
@@ -79,26 +95,45 @@ ModelStats coarse_stats() {
     return s;
 }
 
-// The aggregates of one UTC minute, per canonical model name.
+using StatsMap = std::unordered_map<std::string, ModelStats>;
+
+std::size_t memory_bytes(const StatsMap& map) {
+    std::size_t bytes = map.bucket_count() * sizeof(void*);
+    for (const auto& [name, s] : map) {
+        bytes += 2 * sizeof(void*) + sizeof(name) + name.capacity() + sizeof(s) - 2 * sizeof(LatencyHistogram);
+        bytes += s.latency.memory_bytes() + s.ttft.memory_bytes();
+        bytes += s.status_codes.size() * (4 * sizeof(void*) + sizeof(std::pair<const int, std::uint64_t>));
+    }
+    return bytes;
+}
+
+template <class To, class From>
+void merge_into(To& to, const From& from) {
+    for (const auto& [name, stats] : from) {
+        const auto [it, fresh] = to.try_emplace(name, stats);
+        if (!fresh) it->second.add(stats);
+    }
+}
+
+// The aggregates of one UTC minute, per canonical model name and (auth on)
+// per client key name.
 struct MinuteSlot {
     std::int64_t minute = kNoMinute;
-    std::unordered_map<std::string, ModelStats> models;
+    StatsMap models;
+    StatsMap keys;
 
-    ModelStats& stats(const std::string& name) {
-        auto it = models.find(name);
-        if (it == models.end()) it = models.emplace(name, coarse_stats()).first;
-        return it->second;
+    void reset(std::int64_t m) {
+        minute = m;
+        models.clear();
+        keys.clear();
     }
 
-    std::size_t memory_bytes() const {
-        std::size_t bytes = sizeof(*this) + models.bucket_count() * sizeof(void*);
-        for (const auto& [name, s] : models) {
-            bytes += 2 * sizeof(void*) + sizeof(name) + name.capacity() + sizeof(s) - 2 * sizeof(LatencyHistogram);
-            bytes += s.latency.memory_bytes() + s.ttft.memory_bytes();
-            bytes += s.status_codes.size() * (4 * sizeof(void*) + sizeof(std::pair<const int, std::uint64_t>));
-        }
-        return bytes;
+    void apply(const std::string& model, const std::string* key, const Facts& f) {
+        metrics::apply(slot(models, model, coarse_stats), f);
+        if (key != nullptr) metrics::apply(slot(keys, *key, coarse_stats), f);
     }
+
+    std::size_t memory_bytes() const { return sizeof(*this) + metrics::memory_bytes(models) + metrics::memory_bytes(keys); }
 };
 
 // Drops hours that are not among the kHoursKept hours ending with `newest`.
@@ -108,6 +143,14 @@ void trim_hours(std::map<std::int64_t, double>& hourly, std::int64_t newest) {
 }
 
 } // namespace
+
+void KeyCounters::add(const KeyCounters& other) {
+    requests += other.requests;
+    errors += other.errors;
+    input_tokens += other.input_tokens;
+    output_tokens += other.output_tokens;
+    cost_usd += other.cost_usd;
+}
 
 void ModelStats::add(const ModelStats& other) {
     requests += other.requests;
@@ -139,8 +182,10 @@ struct Engine::Shard {
     explicit Shard(std::thread::id owner) : owner_(owner) {}
 
     std::mutex mu_;
-    std::unordered_map<std::string, ModelStats> models_; // by canonical name
+    StatsMap models_;                                    // by canonical name
     std::map<std::int64_t, double> hourly_;              // hour start -> USD
+    StatsMap keys_;                                      // auth on: by canonical key name
+    std::unordered_map<std::string, std::unordered_map<std::string, KeyCounters>> model_keys_; // model -> key
 
     // Windowed figures: the minute this thread records in now, and the one
     // before it with the ring generation at which it was merged into the ring
@@ -150,7 +195,8 @@ struct Engine::Shard {
     std::uint64_t prev_gen_ = 0;
 
     const std::thread::id owner_;
-    std::unordered_map<std::string, bool> name_cache_; // raw name -> admitted (false: counted as "other")
+    std::unordered_map<std::string, bool> name_cache_; // raw model name -> admitted (false: counted as "other")
+    std::unordered_map<std::string, bool> key_cache_;  // the same for client key names
     std::uint64_t prices_version_ = std::numeric_limits<std::uint64_t>::max();
     std::shared_ptr<const PriceTable> prices_;
 };
@@ -167,8 +213,7 @@ struct Engine::Window {
         MinuteSlot& slot = ring_[static_cast<std::size_t>(((minute % n) + n) % n)];
         if (slot.minute == minute) return &slot;
         if (slot.minute > minute) return nullptr;
-        slot.models.clear();
-        slot.minute = minute;
+        slot.reset(minute);
         return &slot;
     }
 
@@ -176,17 +221,17 @@ struct Engine::Window {
     void merge(const MinuteSlot& from) {
         MinuteSlot* to = slot_for(from.minute);
         if (to == nullptr) return;
-        for (const auto& [name, stats] : from.models) {
-            const auto [it, fresh] = to->models.try_emplace(name, stats);
-            if (!fresh) it->second.add(stats);
-        }
+        merge_into(to->models, from.models);
+        merge_into(to->keys, from.keys);
     }
 };
 
 Engine::Engine(EngineOptions options)
-    : max_models_(options.max_models),
+    : by_key_(options.by_key),
       started_at_(std::chrono::system_clock::now()),
       prices_(std::make_shared<const PriceTable>(std::move(options.prices))),
+      models_(options.max_models),
+      keys_(options.max_keys),
       id_(g_next_engine_id.fetch_add(1, std::memory_order_relaxed)),
       window_(std::make_unique<Window>()) {}
 
@@ -226,28 +271,27 @@ Engine::Shard& Engine::local_shard() {
     return *shard;
 }
 
-const std::string& Engine::canonical_model(Shard& shard, const std::string& model) {
-    if (model == kNone || model == kOther) return model; // never count against the cap
+const std::string& Engine::canonical(NameCap& cap, std::unordered_map<std::string, bool>& cache,
+                                     const std::string& name) {
+    if (name == kNone || name == kOther) return name; // never count against the cap
 
-    if (const auto it = shard.name_cache_.find(model); it != shard.name_cache_.end()) {
-        return it->second ? model : kOther;
-    }
+    if (const auto it = cache.find(name); it != cache.end()) return it->second ? name : kOther;
 
     bool admitted = false;
     {
-        const std::lock_guard lock(models_mu_);
-        if (admitted_.count(model) != 0) {
+        const std::lock_guard lock(cap.mu);
+        if (cap.admitted.count(name) != 0) {
             admitted = true;
-        } else if (admitted_.size() < max_models_) {
-            admitted_.insert(model);
+        } else if (cap.admitted.size() < cap.cap) {
+            cap.admitted.insert(name);
             admitted = true;
         }
     }
     // Admission is final both ways (the set only grows, the cap is fixed), so
     // cached answers never go stale. Bound the cache against floods of names.
-    if (shard.name_cache_.size() >= static_cast<std::size_t>(max_models_) + 1024) shard.name_cache_.clear();
-    shard.name_cache_.emplace(model, admitted);
-    return admitted ? model : kOther;
+    if (cache.size() >= static_cast<std::size_t>(cap.cap) + 1024) cache.clear();
+    cache.emplace(name, admitted);
+    return admitted ? name : kOther;
 }
 
 const std::shared_ptr<const PriceTable>& Engine::current_prices(Shard& shard) {
@@ -263,20 +307,24 @@ const std::shared_ptr<const PriceTable>& Engine::current_prices(Shard& shard) {
 double Engine::record(const Record& rec) {
     Shard& shard = local_shard();
     const std::string& raw = rec.model.empty() ? kNone : rec.model; // proxy sanitizes; be safe anyway
-    const std::string& name = canonical_model(shard, raw);
+    const std::string& name = canonical(models_, shard.name_cache_, raw);
+    const std::string* key = nullptr;
+    if (by_key_) key = &canonical(keys_, shard.key_cache_, rec.key.empty() ? kNone : rec.key);
 
     // Priced by the raw name: a model counted as "other" still costs its price.
-    double cost = 0;
-    bool unpriced = false;
-    if (raw != kNone) {
+    Pricing pricing;
+    if (rec.pricing) {
+        pricing = *rec.pricing;
+    } else if (raw != kNone) {
         const PriceTable* table = rec.prices ? rec.prices.get() : current_prices(shard).get();
         const config::Price* price = table != nullptr ? table->find(raw) : nullptr;
         if (price != nullptr) {
-            cost = PriceTable::cost(*price, rec.usage);
+            pricing.cost_usd = PriceTable::cost(*price, rec.usage);
         } else {
-            unpriced = true;
+            pricing.unpriced = true;
         }
     }
+    const double cost = pricing.cost_usd;
 
     const auto finished =
         rec.finished_at == std::chrono::system_clock::time_point{} ? std::chrono::system_clock::now() : rec.finished_at;
@@ -286,7 +334,7 @@ double Engine::record(const Record& rec) {
     Facts facts;
     facts.success = success;
     facts.streamed = rec.streamed;
-    facts.unpriced = unpriced;
+    facts.unpriced = pricing.unpriced;
     facts.usage = &rec.usage;
     facts.cost = cost;
     facts.latency = rec.latency_s > 0 ? rec.latency_s : 0;
@@ -294,33 +342,39 @@ double Engine::record(const Record& rec) {
     facts.status = rec.status;
     const std::int64_t minute = minute_of(finished);
 
-    const std::lock_guard lock(shard.mu_);
-    auto it = shard.models_.find(name);
-    if (it == shard.models_.end()) it = shard.models_.try_emplace(name).first;
-    apply(it->second, facts);
-
-    if (minute == shard.cur_.minute) {
-        apply(shard.cur_.stats(name), facts);
-    } else if (minute > shard.cur_.minute) {
-        // A new minute for this thread: the finished one goes to the ring
-        // (lock order: shard, then window; readers never hold both).
-        if (shard.cur_.minute != kNoMinute) {
-            const std::lock_guard wlock(window_->mu_);
-            window_->merge(shard.cur_);
-            shard.prev_gen_ = ++window_->gen_;
+    {
+        const std::lock_guard lock(shard.mu_);
+        apply(slot(shard.models_, name, [] { return ModelStats{}; }), facts);
+        if (key != nullptr) {
+            apply(slot(shard.keys_, *key, [] { return ModelStats{}; }), facts);
+            apply(slot(slot(shard.model_keys_, name, [] { return std::unordered_map<std::string, KeyCounters>{}; }), *key,
+                       [] { return KeyCounters{}; }),
+                  facts);
         }
-        shard.prev_ = std::move(shard.cur_);
-        shard.cur_.models.clear();
-        shard.cur_.minute = minute;
-        apply(shard.cur_.stats(name), facts);
-    } else {
-        // Finished in an earlier minute than this thread's latest record (rare): straight to the ring.
-        const std::lock_guard wlock(window_->mu_);
-        if (MinuteSlot* slot = window_->slot_for(minute)) apply(slot->stats(name), facts);
-    }
 
-    shard.hourly_[hour] += cost;
-    if (shard.hourly_.size() > static_cast<std::size_t>(kHoursKept)) trim_hours(shard.hourly_, shard.hourly_.rbegin()->first);
+        if (minute == shard.cur_.minute) {
+            shard.cur_.apply(name, key, facts);
+        } else if (minute > shard.cur_.minute) {
+            // A new minute for this thread: the finished one goes to the ring
+            // (lock order: shard, then window; readers never hold both).
+            if (shard.cur_.minute != kNoMinute) {
+                const std::lock_guard wlock(window_->mu_);
+                window_->merge(shard.cur_);
+                shard.prev_gen_ = ++window_->gen_;
+            }
+            shard.prev_ = std::move(shard.cur_);
+            shard.cur_.reset(minute);
+            shard.cur_.apply(name, key, facts);
+        } else {
+            // Finished in an earlier minute than this thread's latest record (rare): straight to the ring.
+            const std::lock_guard wlock(window_->mu_);
+            if (MinuteSlot* old = window_->slot_for(minute)) old->apply(name, key, facts);
+        }
+
+        shard.hourly_[hour] += cost;
+        if (shard.hourly_.size() > static_cast<std::size_t>(kHoursKept)) trim_hours(shard.hourly_, shard.hourly_.rbegin()->first);
+    }
+    if (sink_) sink_(rec, pricing);
     return cost;
 }
 
@@ -341,12 +395,18 @@ Snapshot Engine::snapshot() const {
     snap.started_at = started_at_;
     snap.generated_at = std::chrono::system_clock::now();
     snap.in_flight = in_flight();
+    snap.by_key = by_key_;
     {
         const std::lock_guard lock(shards_mu_);
         for (const auto& shard : shards_) {
             const std::lock_guard shard_lock(shard->mu_);
             for (const auto& [name, stats] : shard->models_) snap.models[name].add(stats);
             for (const auto& [hour, cost] : shard->hourly_) snap.hourly_cost[hour] += cost;
+            for (const auto& [name, stats] : shard->keys_) snap.keys[name].add(stats);
+            for (const auto& [model, per_key] : shard->model_keys_) {
+                auto& to = snap.model_keys[model];
+                for (const auto& [name, counters] : per_key) to[name].add(counters);
+            }
         }
     }
     std::int64_t newest = hour_of(snap.generated_at);
@@ -369,13 +429,15 @@ Snapshot Engine::snapshot_window(std::chrono::seconds window, std::chrono::syste
     snap.started_at = started_at_;
     snap.generated_at = now;
     snap.in_flight = in_flight();
-    auto take = [&](const MinuteSlot& slot) {
-        if (slot.minute < lo || slot.minute > hi) return;
-        for (const auto& [name, stats] : slot.models) {
+    snap.by_key = by_key_;
+    auto take = [&](const MinuteSlot& from) {
+        if (from.minute < lo || from.minute > hi) return;
+        for (const auto& [name, stats] : from.models) {
             const auto [it, fresh] = snap.models.try_emplace(name, stats);
             if (!fresh) it->second.add(stats);
-            snap.hourly_cost[hour_of_minute(slot.minute)] += stats.cost_usd;
+            snap.hourly_cost[hour_of_minute(from.minute)] += stats.cost_usd;
         }
+        merge_into(snap.keys, from.keys);
     };
 
     std::uint64_t seen_gen = 0;

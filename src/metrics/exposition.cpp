@@ -74,11 +74,13 @@ double cost_per_1k(const ModelStats& s) {
     return tokens == 0 ? 0.0 : s.cost_usd / static_cast<double>(tokens) * 1000.0;
 }
 
-nlohmann::ordered_json model_json(const std::string& name, const ModelStats& s, bool priced) {
+// One entry of /summary's models (name_field "model") or keys ("key") array.
+nlohmann::ordered_json stats_json(std::string_view name_field, const std::string& name, const ModelStats& s,
+                                  bool priced) {
     nlohmann::ordered_json codes = nlohmann::ordered_json::object();
     for (const auto& [code, n] : s.status_codes) codes[std::to_string(code)] = n;
     return nlohmann::ordered_json{
-        {"model", name},
+        {name_field, name},
         {"total_requests", s.requests},
         {"success_count", s.successes},
         {"error_count", s.errors},
@@ -134,12 +136,21 @@ std::string render_prometheus(const Snapshot& snap, const ExpositionOptions& opt
         append_family(out, name, "counter", help);
         for (const auto& [model, s] : snap.models) append_sample(out, name, cl, {{"model", model}}, value_of(s));
     };
+    // With auth on, the request, error, token and cost counters are kept per
+    // (model, key); the per-model figures are their sums.
+    auto per_model_key = [&](std::string_view name, std::string_view help, auto value_of, auto key_value_of) {
+        if (!snap.by_key) return per_model(name, help, value_of);
+        append_family(out, name, "counter", help);
+        for (const auto& [model, keys] : snap.model_keys) {
+            for (const auto& [key, c] : keys) append_sample(out, name, cl, {{"model", model}, {"key", key}}, key_value_of(c));
+        }
+    };
 
-    per_model("ai_requests_total", "Requests metered (every request under /v1/), by model.",
-              [](const ModelStats& s) { return s.requests; });
+    per_model_key("ai_requests_total", "Requests metered (every request under /v1/), by model.",
+                  [](const ModelStats& s) { return s.requests; }, [](const KeyCounters& c) { return c.requests; });
     // Same label sets as ai_requests_total (0 included) so the two divide one to one.
-    per_model("ai_request_errors_total", "Requests answered with a non-2xx status, by model.",
-              [](const ModelStats& s) { return s.errors; });
+    per_model_key("ai_request_errors_total", "Requests answered with a non-2xx status, by model.",
+                  [](const ModelStats& s) { return s.errors; }, [](const KeyCounters& c) { return c.errors; });
 
     append_family(out, "ai_request_status_total", "counter", "Requests by model and HTTP status sent to the client.");
     for (const auto& [model, s] : snap.models) {
@@ -151,14 +162,25 @@ std::string render_prometheus(const Snapshot& snap, const ExpositionOptions& opt
         }
     }
 
-    per_model("ai_request_cost_total", "Cost of requests in USD, from the price table (USD per 1M tokens).",
-              [](const ModelStats& s) { return s.cost_usd; });
+    per_model_key("ai_request_cost_total", "Cost of requests in USD, from the price table (USD per 1M tokens).",
+                  [](const ModelStats& s) { return s.cost_usd; }, [](const KeyCounters& c) { return c.cost_usd; });
 
     append_family(out, "ai_request_tokens_total", "counter",
                   "Tokens reported by the upstream, by model and type (input includes cached, output includes reasoning).");
-    for (const auto& [model, s] : snap.models) {
-        append_sample(out, "ai_request_tokens_total", cl, {{"model", model}, {"type", "input"}}, s.input_tokens);
-        append_sample(out, "ai_request_tokens_total", cl, {{"model", model}, {"type", "output"}}, s.output_tokens);
+    if (snap.by_key) {
+        for (const auto& [model, keys] : snap.model_keys) {
+            for (const auto& [key, c] : keys) {
+                append_sample(out, "ai_request_tokens_total", cl, {{"model", model}, {"key", key}, {"type", "input"}},
+                              c.input_tokens);
+                append_sample(out, "ai_request_tokens_total", cl, {{"model", model}, {"key", key}, {"type", "output"}},
+                              c.output_tokens);
+            }
+        }
+    } else {
+        for (const auto& [model, s] : snap.models) {
+            append_sample(out, "ai_request_tokens_total", cl, {{"model", model}, {"type", "input"}}, s.input_tokens);
+            append_sample(out, "ai_request_tokens_total", cl, {{"model", model}, {"type", "output"}}, s.output_tokens);
+        }
     }
 
     per_model("ai_request_cached_tokens_total", "Cached input tokens (part of the input tokens), by model.",
@@ -195,27 +217,34 @@ nlohmann::ordered_json render_summary(const Snapshot& snap) {
     for (const auto& [name, s] : snap.models) { // std::map: sorted by name
         const bool priced = is_priced(snap, name, s);
         all_priced = all_priced && priced;
-        models.push_back(model_json(name, s, priced));
+        models.push_back(stats_json("model", name, s, priced));
     }
 
     nlohmann::ordered_json hourly = nlohmann::ordered_json::array();
     for (const auto& [hour, cost] : snap.hourly_cost) hourly.push_back({{"hour", iso8601(hour)}, {"cost_usd", cost}});
 
     const double uptime = std::chrono::duration<double>(snap.generated_at - snap.started_at).count();
-    return nlohmann::ordered_json{
+    nlohmann::ordered_json out{
         {"started_at", iso8601(unix_seconds(snap.started_at))},
         {"generated_at", iso8601(unix_seconds(snap.generated_at))},
         {"uptime_seconds", std::max(0.0, uptime)},
         {"in_flight", snap.in_flight},
         {"models", std::move(models)},
-        {"overall", model_json("OVERALL", snap.overall(), all_priced)},
+        {"overall", stats_json("model", "OVERALL", snap.overall(), all_priced)},
         {"hourly_cost_usd", std::move(hourly)},
     };
+    if (snap.by_key) { // auth on: the same figures per client key name, sorted by name
+        nlohmann::ordered_json keys = nlohmann::ordered_json::array();
+        for (const auto& [name, s] : snap.keys) keys.push_back(stats_json("key", name, s, s.unpriced == 0));
+        out["keys"] = std::move(keys);
+    }
+    return out;
 }
 
 std::string render_summary_table(const Snapshot& snap) {
     std::size_t name_width = 25;
     for (const auto& [name, s] : snap.models) name_width = std::max(name_width, name.size());
+    for (const auto& [name, s] : snap.keys) name_width = std::max(name_width, name.size());
     const int w = static_cast<int>(name_width);
 
     char line[512];
@@ -234,9 +263,12 @@ std::string render_summary_table(const Snapshot& snap) {
         out += line;
     };
 
-    std::snprintf(line, sizeof line, "%-*s %8s %8s %8s %9s %9s %12s %22s", w, "Model", "Reqs", "Errs", "Succ%",
-                  "Avgms", "P95ms", "Tokens", "Cost$");
-    const std::string header = line;
+    auto header_for = [&](const char* first) {
+        std::snprintf(line, sizeof line, "%-*s %8s %8s %8s %9s %9s %12s %22s", w, first, "Reqs", "Errs", "Succ%",
+                      "Avgms", "P95ms", "Tokens", "Cost$");
+        return std::string(line);
+    };
+    const std::string header = header_for("Model");
     const std::string rule(header.size(), '=');
     const std::string sep(header.size(), '-');
 
@@ -256,6 +288,12 @@ std::string render_summary_table(const Snapshot& snap) {
     out += sep + "\n";
     row("OVERALL", snap.overall(), all_priced);
     out += rule + "\n";
+    if (snap.by_key) { // auth on: the same columns per client key name
+        out += header_for("Key") + "\n" + sep + "\n";
+        for (const auto& [name, s] : snap.keys) row(name, s, s.unpriced == 0);
+        if (snap.keys.empty()) out += "(no requests yet)\n";
+        out += rule + "\n";
+    }
     if (!all_priced) out += "* some requests were of a model with no price entry and were costed at 0\n";
     return out;
 }

@@ -79,7 +79,7 @@ int run_daemon(int argc, const char* const* argv) {
         return 2;
     }
 
-    metrics::Engine engine({cfg.metrics.max_models, cfg.pricing});
+    metrics::Engine engine({cfg.metrics.max_models, cfg.pricing, cfg.auth.enabled, cfg.metrics.max_keys});
     // Alerts: evaluated on their own thread, notified from the notifier's own thread.
     server::Notifier notifier(cfg.alerts.webhooks);
     alerts::Monitor monitor(

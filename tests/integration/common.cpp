@@ -3,6 +3,10 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <unistd.h>
 #include <sstream>
 
 #include <sys/wait.h>
@@ -86,6 +90,19 @@ CommandResult run_command(const std::string& command) {
     int st = ::pclose(f);
     r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
     return r;
+}
+
+std::string promtool_check_metrics(const std::string& exposition) {
+    if (std::system("command -v promtool >/dev/null 2>&1") != 0) return "promtool is not installed (apt-get install prometheus)";
+    char path[] = "/tmp/relaymeter-metrics-XXXXXX";
+    const int fd = mkstemp(path);
+    if (fd < 0) return "mkstemp failed";
+    ::close(fd);
+    std::ofstream(path) << exposition;
+    auto res = run_command("promtool check metrics < " + std::string(path) + " 2>&1");
+    std::remove(path);
+    if (res.status != 0 && res.output.empty()) res.output = "promtool exited with " + std::to_string(res.status);
+    return res.output;
 }
 
 } // namespace relaymeter::testsupport

@@ -39,4 +39,8 @@ struct CommandResult {
 };
 CommandResult run_command(const std::string& command);
 
+// Runs `promtool check metrics` on an exposition; returns "" when it passes,
+// else what promtool printed (or why it could not run).
+std::string promtool_check_metrics(const std::string& exposition);
+
 } // namespace relaymeter::testsupport

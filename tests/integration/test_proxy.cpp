@@ -404,6 +404,53 @@ TEST_CASE("proxy: auth keys gate /v1 and the 401s are metered", "[integration]")
     CHECK(s["overall"]["status_codes"]["401"] == 1);
 }
 
+TEST_CASE("proxy: with auth on, cost and tokens are attributed to each key", "[integration]") {
+    fake::FakeUpstream up; // every chat completion reports 12 prompt and 34 completion tokens
+    Daemon d(daemon_yaml(up.base_url(), {},
+                         "auth:\n  keys:\n    - { name: team-a, key: \"ka-123\" }\n    - { name: team-b, key: \"kb-456\" }\n"));
+    HttpClient c(d.port());
+    for (int i = 0; i < 3; ++i)
+        REQUIRE(c.post_json("/v1/chat/completions", chat("gpt-4.1"), {{"Authorization", "Bearer ka-123"}}).status == 200);
+    REQUIRE(c.post_json("/v1/chat/completions", chat("deepseek-v3.2"), {{"Authorization", "Bearer ka-123"}}).status == 200);
+    REQUIRE(c.post_json("/v1/chat/completions", chat("gpt-4.1"), {{"Authorization", "Bearer kb-456"}}).status == 200);
+    REQUIRE(HttpClient(d.port()).post_json("/v1/chat/completions", chat("gpt-4.1"), {{"Authorization", "Bearer nope"}}).status == 401);
+    const auto s = wait_idle(d.port());
+    REQUIRE(s["overall"]["total_requests"] == 6);
+
+    const double gpt = (12 * 8.0 + 34 * 32.0) / 1e6, ds = (12 * 0.42 + 34 * 1.68) / 1e6;
+    REQUIRE(s.contains("keys"));
+    const auto& keys = s["keys"];
+    REQUIRE(keys.size() == 3); // sorted by name: none (the 401), team-a, team-b
+    CHECK(keys[0]["key"] == "none");
+    CHECK(keys[0]["total_requests"] == 1);
+    CHECK(keys[0]["error_count"] == 1);
+    CHECK(keys[1]["key"] == "team-a");
+    CHECK(keys[1]["total_requests"] == 4);
+    CHECK(keys[1]["input_tokens"] == 48);
+    CHECK(keys[1]["output_tokens"] == 136);
+    CHECK(keys[1]["total_cost_usd"].get<double>() == Approx(3 * gpt + ds).epsilon(1e-12));
+    CHECK(keys[1]["status_codes"]["200"] == 4);
+    CHECK(keys[2]["key"] == "team-b");
+    CHECK(keys[2]["total_cost_usd"].get<double>() == Approx(gpt).epsilon(1e-12));
+
+    const auto m = c.get("/metrics").body;
+    CHECK(metric_value(m, R"(ai_requests_total{model="gpt-4.1",key="team-a"})") == 3);
+    CHECK(metric_value(m, R"(ai_requests_total{model="deepseek-v3.2",key="team-a"})") == 1);
+    CHECK(metric_value(m, R"(ai_requests_total{model="gpt-4.1",key="team-b"})") == 1);
+    CHECK(metric_value(m, R"(ai_requests_total{model="none",key="none"})") == 1);
+    CHECK(metric_value(m, R"(ai_request_errors_total{model="none",key="none"})") == 1);
+    CHECK(metric_value(m, R"(ai_request_errors_total{model="gpt-4.1",key="team-a"})") == 0);
+    CHECK(metric_value(m, R"(ai_request_tokens_total{model="gpt-4.1",key="team-a",type="input"})") == 36);
+    CHECK(metric_value(m, R"(ai_request_tokens_total{model="gpt-4.1",key="team-b",type="output"})") == 34);
+    CHECK(metric_value(m, R"(ai_request_cost_total{model="gpt-4.1",key="team-a"})") == Approx(3 * gpt).epsilon(1e-12));
+    // Series without a key label would double-count in sum by (model).
+    CHECK(std::isnan(metric_value(m, R"(ai_requests_total{model="gpt-4.1"})")));
+    CHECK(promtool_check_metrics(m).empty());
+
+    const auto table = c.get("/summary?format=table").body;
+    CHECK(table.find("team-a") != std::string::npos);
+}
+
 TEST_CASE("proxy: HTTPS upstream with certificate and host-name verification", "[integration][tls]") {
     auto certs = TestCerts::make();
     auto tls_yaml = [&](std::uint16_t port) {
@@ -456,16 +503,7 @@ TEST_CASE("proxy: /metrics passes promtool check metrics", "[integration][promto
     CHECK(m.body.find("monitor=\"holysheep\"") != std::string::npos);
     CHECK(m.body.find("relaymeter_build_info{") != std::string::npos);
     CHECK(m.body.find("process_resident_memory_bytes") != std::string::npos);
-    char path[] = "/tmp/relaymeter-metrics-XXXXXX";
-    int fd = mkstemp(path);
-    REQUIRE(fd >= 0);
-    ::close(fd);
-    std::ofstream(path) << m.body;
-    auto res = run_command("promtool check metrics < " + std::string(path) + " 2>&1");
-    std::remove(path);
-    INFO(res.output);
-    CHECK(res.status == 0);
-    CHECK(res.output.empty());
+    CHECK(promtool_check_metrics(m.body).empty());
 }
 
 TEST_CASE("proxy: SIGTERM lets in-flight requests finish, then exits 0", "[integration]") {

@@ -470,3 +470,64 @@ TEST_CASE("metrics: snapshot overall sums every model") {
     CHECK(snap.started_at == engine.started_at());
     CHECK(snap.generated_at >= snap.started_at);
 }
+
+TEST_CASE("metrics: with by_key, each key gets its own figures and (model, key) counters") {
+    Engine engine(EngineOptions{64, prices_with_cached(), true, 2});
+    auto rec = [](const char* model, const char* key, int status, usage::Usage u) {
+        Record r = make_record(model, status, 0.1, u);
+        r.key = key;
+        return r;
+    };
+    engine.record(rec("gpt-4.1", "team-a", 200, make_usage(1000, 100)));
+    engine.record(rec("gpt-4.1", "team-a", 500, make_usage(0, 0)));
+    engine.record(rec("deepseek-v3.2", "team-b", 200, make_usage(2000, 10)));
+    engine.record(rec("gpt-4.1", "team-c", 200, make_usage(10, 10))); // past max_keys: other
+    engine.record(rec("none", "", 401, make_usage(0, 0)));            // no key: none, not counted in the cap
+
+    const auto snap = engine.snapshot();
+    REQUIRE(snap.by_key);
+    std::vector<std::string> keys;
+    for (const auto& [name, s] : snap.keys) keys.push_back(name);
+    CHECK(keys == std::vector<std::string>{"none", "other", "team-a", "team-b"});
+    CHECK(snap.keys.at("team-a").requests == 2);
+    CHECK(snap.keys.at("team-a").errors == 1);
+    CHECK(snap.keys.at("team-a").cost_usd == Approx((1000 * 8.0 + 100 * 32.0) / 1e6).epsilon(1e-12));
+    CHECK(snap.keys.at("team-b").input_tokens == 2000);
+    const auto& gpt = snap.model_keys.at("gpt-4.1");
+    CHECK(gpt.at("team-a").requests == 2);
+    CHECK(gpt.at("team-a").errors == 1);
+    CHECK(gpt.at("other").output_tokens == 10);
+    CHECK(snap.model_keys.at("none").at("none").errors == 1);
+    // The per-model figures are the sums over keys.
+    std::uint64_t sum = 0;
+    for (const auto& [k, c] : gpt) sum += c.requests;
+    CHECK(sum == snap.models.at("gpt-4.1").requests);
+
+    const auto win = engine.snapshot_window(std::chrono::seconds(60));
+    CHECK(win.keys.at("team-a").requests == 2);
+
+    Engine plain(EngineOptions{64, {}});
+    plain.record(rec("gpt-4.1", "team-a", 200, make_usage(1, 1)));
+    CHECK_FALSE(plain.snapshot().by_key);
+    CHECK(plain.snapshot().keys.empty());
+}
+
+TEST_CASE("metrics: the sink sees every record with its pricing, and given pricing is taken as is") {
+    Engine engine(EngineOptions{64, prices_with_cached()});
+    std::vector<std::pair<std::string, metrics::Pricing>> seen;
+    engine.set_sink([&](const Record& r, const metrics::Pricing& p) { seen.emplace_back(r.model, p); });
+    engine.record(make_record("gpt-4.1", 200, 0.1, make_usage(1000, 0)));
+    engine.record(make_record("mystery", 200, 0.1, make_usage(1000, 0)));
+    Record replayed = make_record("gpt-4.1", 200, 0.1, make_usage(1000, 0));
+    replayed.pricing = metrics::Pricing{0.5, false}; // priced before, at other prices
+    CHECK(engine.record(replayed) == 0.5);
+
+    REQUIRE(seen.size() == 3);
+    CHECK(seen[0].second.cost_usd == Approx(8000.0 / 1e6));
+    CHECK_FALSE(seen[0].second.unpriced);
+    CHECK(seen[1].second.unpriced);
+    CHECK(seen[2].second.cost_usd == 0.5);
+    const auto snap = engine.snapshot();
+    CHECK(snap.models.at("gpt-4.1").cost_usd == Approx(0.5 + 8000.0 / 1e6).epsilon(1e-12));
+    CHECK(snap.models.at("mystery").unpriced == 1);
+}

@@ -52,6 +52,7 @@ struct UpstreamConfig {
 
 struct MetricsConfig {
     unsigned max_models = 64;
+    unsigned max_keys = 64;   // auth on: further client key names are counted as "other"
     std::vector<std::pair<std::string, std::string>> labels; // constant labels, in file order
 };
 

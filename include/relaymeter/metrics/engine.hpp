@@ -13,10 +13,12 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
 #include <utility>
 #include <vector>
@@ -46,6 +48,17 @@ struct ModelStats {
     void add(const ModelStats& other);
 };
 
+// The counters kept per (model, client key) when auth is on.
+struct KeyCounters {
+    std::uint64_t requests = 0;
+    std::uint64_t errors = 0;
+    std::uint64_t input_tokens = 0;
+    std::uint64_t output_tokens = 0;
+    double cost_usd = 0;
+
+    void add(const KeyCounters& other);
+};
+
 struct Snapshot {
     std::chrono::system_clock::time_point started_at;
     std::chrono::system_clock::time_point generated_at;
@@ -53,6 +66,11 @@ struct Snapshot {
     std::map<std::int64_t, double> hourly_cost;                // UTC hour start (unix s) -> USD, last 48 h
     std::int64_t in_flight = 0;
     std::map<std::string, bool> priced;                        // model -> has a price entry ("none" is always true)
+    // Auth on (EngineOptions::by_key): figures per client key name, and the
+    // request, error, token and cost counters per (model, key).
+    bool by_key = false;
+    std::map<std::string, ModelStats> keys;
+    std::map<std::string, std::map<std::string, KeyCounters>> model_keys; // model -> key -> counters (since start only)
 
     ModelStats overall() const;
 };
@@ -60,6 +78,8 @@ struct Snapshot {
 struct EngineOptions {
     unsigned max_models = 64;
     std::map<std::string, config::Price> prices;
+    bool by_key = false;    // auth on: count per client key name as well (Record::key; empty counts as "none")
+    unsigned max_keys = 64; // further key names are counted as "other" ("none" and "other" do not count)
 };
 
 class Engine {
@@ -69,9 +89,16 @@ public:
     Engine(const Engine&) = delete;
     Engine& operator=(const Engine&) = delete;
 
-    // Thread-safe. Cost is computed here from record.prices (or the current table).
-    // Returns the request's cost in USD (0 for an unpriced model).
+    // Thread-safe. Cost is computed here from record.prices (or the current
+    // table) unless record.pricing is set. Returns the request's cost in USD
+    // (0 for an unpriced model). Then calls the sink, if any, on this thread.
     double record(const Record& record);
+
+    // Called by record() with every record and its pricing, after the figures
+    // are updated, outside the engine's locks (the ledger). Set it before
+    // records arrive; it is not synchronised with record().
+    using Sink = std::function<void(const Record&, const Pricing&)>;
+    void set_sink(Sink sink) { sink_ = std::move(sink); }
 
     // Current price table (atomically replaceable on reload).
     // Current price table as seen by the calling thread (lock-free unless a
@@ -102,13 +129,21 @@ public:
 private: // the metrics module may change anything below
     struct Shard;
     Shard& local_shard();
-    // The name a raw model name is counted under: itself, or "other" past the
-    // cap. Consults the shard's cache first; models_mu_ only on a miss.
-    const std::string& canonical_model(Shard& shard, const std::string& model);
+    // Names admitted up to a cap (models, client keys); the rest are "other".
+    struct NameCap {
+        explicit NameCap(unsigned c) : cap(c) {}
+        const unsigned cap;
+        std::mutex mu;
+        std::unordered_set<std::string> admitted;
+    };
+    // The name a raw name is counted under: itself, or "other" past the cap.
+    // Consults the shard's cache first; cap.mu only on a miss.
+    static const std::string& canonical(NameCap& cap, std::unordered_map<std::string, bool>& cache,
+                                        const std::string& name);
     // The engine's current table, cached per shard (refreshed when the version moves).
     const std::shared_ptr<const PriceTable>& current_prices(Shard& shard);
 
-    const unsigned max_models_;
+    const bool by_key_;
     const std::chrono::system_clock::time_point started_at_;
     std::atomic<std::int64_t> in_flight_{0};
 
@@ -119,8 +154,9 @@ private: // the metrics module may change anything below
     mutable std::mutex shards_mu_; // shard registration and snapshot iteration
     std::vector<std::unique_ptr<Shard>> shards_;
 
-    mutable std::mutex models_mu_; // the set of admitted model names (taken only on a shard cache miss)
-    std::unordered_set<std::string> admitted_;
+    NameCap models_;
+    NameCap keys_;
+    Sink sink_;
     const std::uint64_t id_; // distinguishes engines for thread-local shard caches
 
     struct Window;                   // the ring of finished minutes

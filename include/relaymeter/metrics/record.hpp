@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -12,6 +13,13 @@
 namespace relaymeter::metrics {
 
 class PriceTable;
+
+// What a record cost: computed by the engine from the price table, or given
+// with the record when it was priced before (ledger replay).
+struct Pricing {
+    double cost_usd = 0;
+    bool unpriced = false; // the model had no price entry (cost 0)
+};
 
 struct Record {
     std::string model = "none";       // sanitized (usage::sanitize_model); engine caps distinct names
@@ -26,6 +34,8 @@ struct Record {
     // Prices in force when the request started (SIGHUP reload applies to later
     // requests only). Null: the engine's current table.
     std::shared_ptr<const PriceTable> prices;
+    // Set: the record was priced already (ledger replay) and the engine takes this as is.
+    std::optional<Pricing> pricing;
 };
 
 } // namespace relaymeter::metrics
