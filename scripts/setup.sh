@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake pkg-config libboost-dev libboost-system-dev libboost-program-options-dev
-          libssl-dev nlohmann-json3-dev libspdlog-dev libyaml-cpp-dev)
+          libssl-dev nlohmann-json3-dev libspdlog-dev libyaml-cpp-dev zlib1g-dev)
 if [[ "${1:-}" == "--tests" ]]; then
   # promtool (prometheus) checks /metrics; curl and openssl are used by tests.
   # tests/stack: chromium (dashboard page), docker-compose (config check),
