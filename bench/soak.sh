@@ -3,7 +3,7 @@
 # long, moderate load (issue 6, item 6). Not part of the test suite.
 #
 #   bash bench/soak.sh [--duration SECONDS] [--smoke] [--out FILE] [--no-build]
-#                      [--clients N] [--streams N] [--plain-period S]
+#                      [--clients N] [--streams N] [--plain-period S] [--heaptrack FILE]
 #
 # Builds with scripts/setup.sh, copies build/relaymeter and build/fake_upstream
 # into a temp dir (build/ is shared) and runs those copies: the fake upstream
@@ -17,6 +17,9 @@
 # is stopped with SIGTERM (must exit 0) and the fake upstream's request count
 # is compared with relaymeter's total_requests. Prints PASS/FAIL lines; exits
 # non-zero on any FAIL. Everything started here is stopped on exit.
+# --heaptrack FILE: run relaymeter under heaptrack (Debian package heaptrack),
+# save its data to FILE and check what is still allocated at exit (the RSS
+# allowance is then 8 MiB: heaptrack's own buffers are in the RSS).
 # Full run: ~12 minutes (plus the build); --smoke: ~75 s. See bench/SOAK.md.
 set -euo pipefail
 
@@ -29,6 +32,7 @@ STREAMS=200
 PLAIN_PERIOD=5
 OUT=""
 BUILD=1
+HEAPTRACK=""
 # fake upstream: what every answer carries (soak.py checks each one against it)
 LATENCY_MS=50
 CHUNKS=5
@@ -51,7 +55,8 @@ while (($#)); do
     --streams) STREAMS="$2"; shift ;;
     --plain-period) PLAIN_PERIOD="$2"; shift ;;
     --no-build) BUILD=0 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    --heaptrack) HEAPTRACK="$2"; shift ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "soak.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -61,6 +66,10 @@ done
 ((DURATION >= 180)) || WARMUP=$(( (DURATION / 3) / 10 * 10 ))
 ((WARMUP >= 10)) || WARMUP=10
 if [[ -n "$OUT" ]]; then case "$OUT" in /*) ;; *) OUT="$PWD/$OUT" ;; esac; fi
+if [[ -n "$HEAPTRACK" ]]; then
+  case "$HEAPTRACK" in /*) ;; *) HEAPTRACK="$PWD/$HEAPTRACK" ;; esac
+  command -v heaptrack >/dev/null || { echo "soak.sh: --heaptrack needs heaptrack (apt-get install heaptrack)" >&2; exit 2; }
+fi
 
 say() { echo "[soak.sh] $*" >&2; }
 
@@ -143,8 +152,24 @@ log:
   level: info                # the default: one access-log line per request
 EOF
 } >"$WORK/relaymeter.yaml"
-"$WORK/relaymeter" --config "$WORK/relaymeter.yaml" >"$WORK/relaymeter.log" 2>&1 &
-RM_PID=$!; PIDS+=("$RM_PID")
+if [[ -z "$HEAPTRACK" ]]; then
+  "$WORK/relaymeter" --config "$WORK/relaymeter.yaml" >"$WORK/relaymeter.log" 2>&1 &
+  RM_PID=$!; PIDS+=("$RM_PID")
+else
+  # heaptrack is a shell script: relaymeter runs as its child, found by its executable
+  heaptrack -o "$WORK/heaptrack" "$WORK/relaymeter" --config "$WORK/relaymeter.yaml" >"$WORK/relaymeter.log" 2>&1 &
+  HT_PID=$!; PIDS+=("$HT_PID")
+  RM_PID=""
+  end=$((SECONDS + 30))
+  while [[ -z "$RM_PID" ]] && ((SECONDS < end)); do
+    for d in /proc/[0-9]*; do
+      [[ $(readlink "$d/exe" 2>/dev/null) == "$WORK/relaymeter" ]] && RM_PID=${d#/proc/}
+    done
+    [[ -n "$RM_PID" ]] || sleep 0.1
+  done
+  [[ -n "$RM_PID" ]] || { say "relaymeter did not start under heaptrack"; cat "$WORK/relaymeter.log" >&2; exit 1; }
+  PIDS+=("$RM_PID")
+fi
 LISTEN=$(wait_line "$WORK/relaymeter.log" 's/.* listening on 127\.0\.0\.1:\([0-9]*\) (\([0-9]*\) threads).*/\1 \2/p') \
   || { say "relaymeter did not start"; cat "$WORK/relaymeter.log" >&2; exit 1; }
 read -r RM_PORT RM_THREADS <<<"$LISTEN"
@@ -167,6 +192,7 @@ for p in "${PRICES[@]}"; do
   read -r m pin pc pout <<<"$p"
   args+=(--price "$m=$pin:$pc:$pout")
 done
+[[ -n "$HEAPTRACK" ]] && args+=(--rss-abs-kib 8192)
 set +e
 timeout $((DURATION + 300)) python3 "$HERE/soak.py" "${args[@]}"
 rc=$?
@@ -190,7 +216,16 @@ stop() {
 }
 if alive "$RM_PID"; then
   # nothing is in flight: the drain (server.drain_timeout_s 30) is immediate
-  rm_rc=0; stop "$RM_PID" 40 || rm_rc=$?
+  rm_rc=0
+  if [[ -z "$HEAPTRACK" ]]; then
+    stop "$RM_PID" 40 || rm_rc=$?
+  else # heaptrack's script exits with relaymeter's status once its data is written
+    kill -TERM "$RM_PID"
+    stop_wait() { local end=$((SECONDS + 120)); while alive "$HT_PID" && ((SECONDS < end)); do sleep 0.2; done; }
+    stop_wait
+    alive "$HT_PID" && kill -KILL "$HT_PID" "$RM_PID" 2>/dev/null
+    set +e; wait "$HT_PID"; rm_rc=$?; set -e
+  fi
   [[ $rm_rc == 0 ]] && line PASS "relaymeter exited 0 on SIGTERM" || line FAIL "relaymeter exited $rm_rc on SIGTERM"
 else
   line FAIL "relaymeter died during the run"
@@ -202,6 +237,30 @@ if [[ -n "$fake_n" && "$fake_n" == "$rm_total" ]]; then
   line PASS "the fake upstream served $fake_n requests = relaymeter's total_requests"
 else
   line FAIL "the fake upstream served ${fake_n:-?} requests, relaymeter's total_requests is $rm_total"
+fi
+if [[ -n "$HEAPTRACK" ]]; then
+  ht=""
+  for f in "$WORK"/heaptrack*.zst "$WORK"/heaptrack*.gz; do [[ -f "$f" ]] && { ht=$f; break; }; done
+  if [[ -n "$ht" ]]; then
+    cp "$ht" "$HEAPTRACK"
+    heaptrack_print -f "$ht" -p 0 -a 0 -T 0 -l 1 >"$WORK/heaptrack.txt" 2>&1 || true
+    cp "$WORK/heaptrack.txt" "${HEAPTRACK%.*}.txt"
+    grep -E '^(calls to allocation|peak heap|total memory leaked|suppressed leaks)' "$WORK/heaptrack.txt" \
+      | sed 's/^/heaptrack: /' | tee -a "$WORK/report.txt"
+    # leaked = still allocated at exit; a per-request or per-connection leak
+    # (1220 connections, >10^5 requests) would be far above 16 KiB
+    leaked=$(sed -n 's/^total memory leaked: \([0-9.]*\)\([KMGB]*\).*/\1 \2/p' "$WORK/heaptrack.txt")
+    read -r lv lu <<<"${leaked:-x x}"
+    lk=$(awk -v v="$lv" -v u="$lu" 'BEGIN { m = (u == "K") ? 1 : (u == "M") ? 1024 : (u == "G") ? 1048576 : 1/1024;
+                                           if (v == "x") print -1; else printf "%.1f", v * m }')
+    if awk -v k="$lk" 'BEGIN { exit !(k >= 0 && k <= 16) }'; then
+      line PASS "heaptrack: ${lk} KiB still allocated at exit (<= 16 KiB); data in $HEAPTRACK, leaks in ${HEAPTRACK%.*}.txt"
+    else
+      line FAIL "heaptrack: ${lk} KiB still allocated at exit (> 16 KiB, or unreadable); see ${HEAPTRACK%.*}.txt"
+    fi
+  else
+    line FAIL "heaptrack wrote no data file"
+  fi
 fi
 access=$(grep -c ' info access ' "$WORK/relaymeter.log" || true)
 other=$(grep -E ' (warning|error|critical) ' "$WORK/relaymeter.log" || true)
