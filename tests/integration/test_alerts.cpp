@@ -53,6 +53,11 @@ TEST_CASE("alerts: error-rate and latency alerts reach /alerts, /summary, /metri
     fake::FakeUpstream relay({}, relay_handler());
     fake::FakeUpstream receiver({}, [](const fake::Request&) { return fake::Response::json(200, "{}"); });
     const std::string hook = "http://127.0.0.1:" + std::to_string(receiver.port());
+    // An https receiver whose certificate the system store does not trust:
+    // every delivery fails verification (the TLS context is made on first use).
+    auto certs = TestCerts::make();
+    fake::FakeUpstream untrusted({.cert_file = certs->self_signed_cert, .key_file = certs->self_signed_key},
+                                 [](const fake::Request&) { return fake::Response::json(200, "{}"); });
     Daemon d(daemon_yaml(relay.base_url(), {},
                          "metrics:\n  labels: { monitor: holysheep }\n"
                          "alerts:\n"
@@ -67,7 +72,8 @@ TEST_CASE("alerts: error-rate and latency alerts reach /alerts, /summary, /metri
                          "    gemini-2.5-flash: { latency_p95_ms: 60000 }\n"
                          "  webhooks:\n"
                          "    - { url: \"" + hook + "/hooks/relaymeter\", format: json, timeout_s: 2 }\n"
-                         "    - { url: \"" + hook + "/am\", format: alertmanager, timeout_s: 2 }\n"));
+                         "    - { url: \"" + hook + "/am\", format: alertmanager, timeout_s: 2 }\n"
+                         "    - { url: \"https://localhost:" + std::to_string(untrusted.port()) + "/x\", format: json, timeout_s: 2 }\n"));
     HttpClient c(d.port());
     for (int i = 0; i < 10; ++i) c.post_json("/v1/chat/completions", chat("gpt-4.1"));
     for (int i = 0; i < 5; ++i) REQUIRE(c.post_json("/v1/chat/completions", chat("deepseek-v3.2")).status == 200);
@@ -108,18 +114,7 @@ TEST_CASE("alerts: error-rate and latency alerts reach /alerts, /summary, /metri
     CHECK(metric_value(m, R"(ai_alerts_firing{monitor="holysheep",type="high_error_rate",model="gpt-4.1"})") == 1);
     CHECK(metric_value(m, R"(ai_alerts_firing{monitor="holysheep",type="high_latency",model="deepseek-v3.2"})") == 1);
     CHECK(m.find("# TYPE ai_alerts_firing gauge") != std::string::npos);
-    if (std::system("command -v promtool >/dev/null 2>&1") == 0) {
-        char path[] = "/tmp/relaymeter-alert-metrics-XXXXXX";
-        const int fd = mkstemp(path);
-        REQUIRE(fd >= 0);
-        ::close(fd);
-        std::ofstream(path) << m;
-        const auto res = run_command("promtool check metrics < " + std::string(path) + " 2>&1");
-        std::remove(path);
-        INFO(res.output);
-        CHECK(res.status == 0);
-        CHECK(res.output.empty());
-    }
+    CHECK(promtool_check_metrics(m).empty());
 
     // Two alerts x two webhooks.
     REQUIRE(receiver.wait_requests(4, std::chrono::seconds(15)));
@@ -152,6 +147,9 @@ TEST_CASE("alerts: error-rate and latency alerts reach /alerts, /summary, /metri
     }
     CHECK(generic == 2);
     CHECK(am == 2);
+    // The https webhook: the handshake ran and verification refused the certificate.
+    CHECK(d.wait_log("certificate verify failed", std::chrono::seconds(15)));
+    CHECK(untrusted.request_count() == 0);
 }
 
 TEST_CASE("alerts: /summary?window=SECONDS and bad windows", "[integration][alerts]") {
