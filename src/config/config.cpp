@@ -897,6 +897,14 @@ void Loader::read_ledger(const Item& it, LedgerConfig& l) {
              read_string(f, l.path);
              if (errors_.size() == before && l.path.empty()) error(f, "must not be empty");
          }},
+        {"flush_interval_ms",
+         [&](const Item& f) { read_uint(f, l.flush_interval_ms, 1, 3600000); }},
+        {"max_bytes",
+         [&](const Item& f) { read_uint(f, l.max_bytes, 4096, std::numeric_limits<std::int64_t>::max()); }},
+        {"keep", [&](const Item& f) { read_uint(f, l.keep, 0, 1000000); }},
+        {"fsync", [&](const Item& f) { read_bool(f, l.fsync); }},
+        {"buffer_bytes",
+         [&](const Item& f) { read_uint(f, l.buffer_bytes, 65536, std::uint64_t{1} << 40); }},
     });
     if (!has_path && (it.value.IsNull() || it.value.IsMap())) {
         error(it.line, it.path + ".path", "required (remove the ledger section to turn the ledger off)");

@@ -111,9 +111,15 @@ struct AdminConfig {
     std::string token; // empty: admin endpoints open
 };
 
+// The request ledger (src/ledger): off unless the section is present.
 struct LedgerConfig {
     bool enabled = false;
     std::string path;
+    std::uint64_t flush_interval_ms = 1000;   // the writer writes the buffered lines this often
+    std::uint64_t max_bytes = 268435456;      // 256 MiB: rotate to PATH.1 before the file would pass this
+    unsigned keep = 0;                        // rotated files kept; 0 = all
+    bool fsync = false;                       // fdatasync after every flush
+    std::uint64_t buffer_bytes = 16777216;    // 16 MiB: bound on lines held in memory, not yet written
 };
 
 struct Config {
