@@ -626,7 +626,7 @@ class Soak:
         mib = lambda k: k / 1024
         p(f"RSS (MiB): before load {mib(base['rss_kib']):.2f}, load start {mib(start['rss_kib']):.2f}, "
           f"warm-up (t={warm['t'] - start['t']:.0f}s) {mib(warm['rss_kib']):.2f}, end of load {mib(end_load['rss_kib']):.2f}, "
-          f"max sample {mib(max(s['rss_kib'] for s in self.samples)):.2f}, VmHWM {mib(final['hwm_kib']):.2f}, "
+          f"max sample {mib(max(s['rss_kib'] for s in self.samples)):.2f}, VmHWM {mib(max(s['hwm_kib'] for s in self.samples)):.2f}, "
           f"clients closed {mib(after_close['rss_kib']):.2f}, final {mib(final['rss_kib']):.2f}")
         growth = end_load["rss_kib"] - warm["rss_kib"]
         reqs_after_warm = max(1, end_load["done"] - warm["done"])
