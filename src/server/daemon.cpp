@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <iostream>
+#include <memory>
 
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
@@ -9,6 +10,7 @@
 #include "relaymeter/alerts/monitor.hpp"
 #include "relaymeter/config/cli.hpp"
 #include "relaymeter/config/config.hpp"
+#include "relaymeter/ledger/ledger.hpp"
 #include "relaymeter/metrics/engine.hpp"
 #include "relaymeter/server/notifier.hpp"
 #include "relaymeter/server/server.hpp"
@@ -74,12 +76,44 @@ int run_daemon(int argc, const char* const* argv) {
     spdlog::flush_on(spdlog::level::warn);
     spdlog::flush_every(std::chrono::seconds(1));
 
+    // The ledger: opened before anything starts (a path that cannot be opened
+    // or created is a start-up error), replayed into the engine before serving.
+    std::unique_ptr<ledger::Ledger> led;
     if (cfg.ledger.enabled) {
-        std::fprintf(stderr, "%s: ledger: the request ledger is not available in this version\n", cfg.source.c_str());
-        return 2;
+        ledger::Options lo;
+        lo.path = cfg.ledger.path;
+        lo.flush_interval = std::chrono::milliseconds(cfg.ledger.flush_interval_ms);
+        lo.max_bytes = cfg.ledger.max_bytes;
+        lo.keep = cfg.ledger.keep;
+        lo.fsync = cfg.ledger.fsync;
+        lo.buffer_bytes = cfg.ledger.buffer_bytes;
+        try {
+            led = std::make_unique<ledger::Ledger>(std::move(lo));
+        } catch (const ledger::LedgerError& e) {
+            std::fprintf(stderr, "%s: ledger.path: %s\n", cfg.source.c_str(), e.what());
+            return 2;
+        }
     }
 
     metrics::Engine engine({cfg.metrics.max_models, cfg.pricing, cfg.auth.enabled, cfg.metrics.max_keys});
+    if (led) {
+        try {
+            const auto st = ledger::replay(cfg.ledger.path, [&](const metrics::Record& r) { engine.record(r); });
+            for (const auto& w : st.warnings) spdlog::warn("ledger: {}", w);
+            if (st.bad_lines > st.warnings.size())
+                spdlog::warn("ledger: {} more bad lines skipped", st.bad_lines - st.warnings.size());
+            spdlog::info("ledger: replayed {} records from {} files ({:.1f} MiB) in {:.3f} s ({:.0f} lines/s); {} bad "
+                         "lines skipped",
+                         st.records, st.files, static_cast<double>(st.bytes) / (1 << 20), st.seconds,
+                         st.seconds > 0 ? static_cast<double>(st.records + st.bad_lines) / st.seconds : 0.0,
+                         st.bad_lines);
+        } catch (const ledger::LedgerError& e) {
+            std::fprintf(stderr, "%s: ledger.path: %s\n", cfg.source.c_str(), e.what());
+            return 2;
+        }
+        // From now on every record is appended (on the recording thread, outside the engine's locks).
+        engine.set_sink([l = led.get()](const metrics::Record& r, const metrics::Pricing& p) { l->append(r, p); });
+    }
     // Alerts: evaluated on their own thread, notified from the notifier's own thread.
     server::Notifier notifier(cfg.alerts.webhooks);
     alerts::Monitor monitor(
@@ -102,14 +136,24 @@ int run_daemon(int argc, const char* const* argv) {
             for (const auto& line : e.errors()) spdlog::error("  {}", line);
         }
     };
+    // After the drain no request records any more: what the ledger holds is
+    // written (and synced with fsync on) before the exit.
+    const auto close_ledger = [&] {
+        if (!led) return true;
+        const bool ok = led->close();
+        if (ok) spdlog::info("ledger: flushed and closed {}", cfg.ledger.path);
+        return ok;
+    };
     try {
         monitor.start();
         int rc = server::run(cfg, engine, hooks);
         monitor.stop();
+        if (!close_ledger() && rc == 0) rc = 1;
         spdlog::default_logger()->flush();
         return rc;
     } catch (const std::exception& e) {
         spdlog::critical("cannot start: {}", e.what());
+        close_ledger();
         spdlog::default_logger()->flush();
         return 1;
     }
