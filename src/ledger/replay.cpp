@@ -3,6 +3,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <utility>
 
@@ -75,7 +76,8 @@ ReplayStats replay(const std::string& path, const std::function<void(const metri
     };
     constexpr std::size_t kChunk = 4u << 20;
     constexpr std::size_t kMaxLine = 1u << 20; // longer: garbage, skipped without holding it in memory
-    std::string buf;
+    // The incomplete tail (at most kMaxLine) is moved to the front, a chunk read behind it.
+    const auto buf = std::make_unique<char[]>(kChunk + kMaxLine + 1);
     for (const std::string& file : files_oldest_first(path)) {
         const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
         if (fd < 0) {
@@ -85,28 +87,27 @@ ReplayStats replay(const std::string& path, const std::function<void(const metri
         const FileCloser closer{fd};
         ++st.files;
         std::uint64_t line_no = 0;
-        buf.clear();
+        std::size_t len = 0;     // bytes in buf
         std::size_t start = 0;   // first byte of the current (incomplete) line in buf
         bool oversized = false;  // inside a line longer than kMaxLine, skipping to its end
         for (;;) {
             // Keep the incomplete tail, read more behind it.
             if (start > 0) {
-                buf.erase(0, start);
+                std::memmove(buf.get(), buf.get() + start, len - start);
+                len -= start;
                 start = 0;
             }
-            const std::size_t have = buf.size();
-            buf.resize(have + kChunk);
             ssize_t n;
             do {
-                n = ::read(fd, buf.data() + have, kChunk);
+                n = ::read(fd, buf.get() + len, kChunk);
             } while (n < 0 && errno == EINTR);
             if (n < 0) throw LedgerError("cannot read " + file + ": " + std::strerror(errno));
-            buf.resize(have + static_cast<std::size_t>(n));
+            len += static_cast<std::size_t>(n);
             st.bytes += static_cast<std::uint64_t>(n);
             if (n == 0) break;
-            const char* data = buf.data();
+            const char* data = buf.get();
             for (;;) {
-                const void* nl = std::memchr(data + start, '\n', buf.size() - start);
+                const void* nl = std::memchr(data + start, '\n', len - start);
                 if (nl == nullptr) break;
                 const std::size_t end = static_cast<std::size_t>(static_cast<const char*>(nl) - data);
                 ++line_no;
@@ -127,12 +128,12 @@ ReplayStats replay(const std::string& path, const std::function<void(const metri
                     warn(file, line_no, "corrupt line skipped (" + why + ")");
                 }
             }
-            if (buf.size() - start > kMaxLine) {
+            if (len - start > kMaxLine) {
                 oversized = true;
-                start = buf.size();
+                start = len;
             }
         }
-        if (start < buf.size() || oversized) {
+        if (start < len || oversized) {
             // No '\n' at the end: a line cut short by a crash mid-write.
             ++line_no;
             ++st.bad_lines;
