@@ -534,6 +534,12 @@ awaitable<bool> reject(Context& ctx, beast::tcp_stream& client, http::status sta
     m.model = std::move(model);
     m.status = static_cast<int>(status);
     m.note = code;
+    if (!client.socket().is_open()) {
+        // Closed by its deadline (a body that never came): nothing can be
+        // sent, and the record keeps the status (408 rather than 499).
+        m.finish();
+        co_return false;
+    }
     auto res = error_response(status, code, message, version, keep_alive, origin.request_id);
     client.expires_after(seconds(ctx.cfg.server.header_timeout_s));
     error_code ec;

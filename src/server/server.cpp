@@ -168,7 +168,8 @@ private:
     awaitable<bool> handle_one(Session& s, beast::flat_buffer& buf, bool local_client);
     awaitable<bool> admin(Session& s, http::request<http::string_body>& req);
     awaitable<bool> reply(Session& s, http::response<http::string_body>& res);
-    void meter_unparsed(int status, const beast::flat_buffer& buf, clock::time_point arrival);
+    void meter_unparsed(int status, std::string_view target, const beast::flat_buffer& buf,
+                        clock::time_point arrival);
 
     asio::io_context io_{1};
     Shared& shared_;
@@ -231,12 +232,19 @@ awaitable<void> Worker::session(tcp::socket sock) {
     sessions_.erase(it);
 }
 
-void Worker::meter_unparsed(int status, const beast::flat_buffer& buf, clock::time_point arrival) {
+void Worker::meter_unparsed(int status, std::string_view target, const beast::flat_buffer& buf,
+                            clock::time_point arrival) {
     // A request whose head could not be parsed is metered only when its
-    // request line shows it was for /v1/.
-    auto data = beast::buffers_to_string(buf.data());
-    auto sp = data.find(' ');
-    if (sp == std::string::npos || data.compare(sp + 1, 4, "/v1/") != 0) return;
+    // request line shows it was for /v1/: the target the parser got (Beast
+    // consumes the request line as soon as it has it, so a bad field after it
+    // leaves only the fields in the buffer), else the raw bytes still buffered.
+    if (target.empty()) {
+        const std::string_view raw(static_cast<const char*>(buf.data().data()), buf.size());
+        const auto sp = raw.find(' ');
+        if (sp == std::string_view::npos) return;
+        target = raw.substr(sp + 1);
+    }
+    if (target.substr(0, 4) != "/v1/") return;
     metrics::Record r;
     r.status = status;
     r.latency_s = std::chrono::duration<double>(clock::now() - arrival).count();
@@ -283,18 +291,26 @@ awaitable<bool> Worker::handle_one(Session& s, beast::flat_buffer& buf, bool loc
         co_await http::async_read_header(s.stream, buf, parser, asio::redirect_error(use_awaitable, ec));
     }
     if (ec) {
+        const std::string_view seen_target = parser.get().target();
         if (ec == http::error::header_limit) {
-            meter_unparsed(431, buf, arrival);
+            meter_unparsed(431, seen_target, buf, arrival);
+            spdlog::info("rejected a request head over server.max_header_bytes");
             auto res = proxy::error_response(http::status::request_header_fields_too_large, "header_too_large",
                                              "request head exceeds server.max_header_bytes", 11, false, {});
             co_await reply(s, res);
         } else if (ec == beast::error::timeout) {
-            auto res = proxy::error_response(http::status::request_timeout, "header_timeout",
-                                             "request head not received within server.header_timeout_s", 11,
-                                             false, {});
-            co_await reply(s, res);
-        } else if (ec != http::error::end_of_stream && ec != asio::error::eof &&
-                   ec != asio::error::connection_reset && ec != asio::error::operation_aborted) {
+            // Slow head (slow-loris): the stream closed the socket when its
+            // deadline passed, so there is no 408 to send, as with nginx. The
+            // record says 408 when the request line was for /v1/.
+            meter_unparsed(408, seen_target, buf, arrival);
+            spdlog::info("closed a connection whose request head did not arrive within server.header_timeout_s");
+        } else if (ec == http::error::partial_message || ec == asio::error::eof ||
+                   ec == asio::error::connection_reset) {
+            // The client went away in the middle of its head.
+            meter_unparsed(499, seen_target, buf, arrival);
+        } else if (ec != http::error::end_of_stream && ec != asio::error::operation_aborted) {
+            meter_unparsed(400, seen_target, buf, arrival);
+            spdlog::info("rejected a malformed request head: {}", ec.message());
             auto res = proxy::error_response(http::status::bad_request, "bad_request",
                                              "malformed HTTP request: " + ec.message(), 11, false, {});
             co_await reply(s, res);
@@ -305,7 +321,26 @@ awaitable<bool> Worker::handle_one(Session& s, beast::flat_buffer& buf, bool loc
     parser.body_limit(cfg.server.max_request_body_bytes);
     auto& req = parser.get();
     const std::string_view target = req.target();
+    // A transfer coding other than chunked alone would reach the upstream
+    // still encoded (Transfer-Encoding is hop-by-hop): 501, as nginx does.
+    // (Content-Length together with Transfer-Encoding is a 400 from the parser.)
+    bool unsupported_te = false;
+    if (auto te = req.find(http::field::transfer_encoding); te != req.end()) {
+        std::size_t codings = 0;
+        for (auto const& coding : http::token_list{te->value()}) {
+            ++codings;
+            unsupported_te |= !beast::iequals(coding, "chunked");
+        }
+        unsupported_te |= codings != 1 || req.count(http::field::transfer_encoding) != 1;
+    }
     if (target.substr(0, 4) != "/v1/") {
+        if (unsupported_te) {
+            auto res = proxy::error_response(http::status::not_implemented, "unsupported_transfer_encoding",
+                                             "only the chunked transfer coding is supported", req.version(),
+                                             false, {});
+            co_await reply(s, res);
+            co_return false;
+        }
         // Admin endpoints and 404s: read (and bound) the body, never metered.
         parse_buffered(true);
         if (!ec && !parser.is_done()) {
@@ -355,6 +390,12 @@ awaitable<bool> Worker::handle_one(Session& s, beast::flat_buffer& buf, bool loc
                                              "missing or invalid relaymeter API key", version, false, "none", origin);
         }
     }
+    if (unsupported_te) {
+        co_return co_await proxy::reject(pctx_, s.stream, http::status::not_implemented,
+                                         "unsupported_transfer_encoding",
+                                         "only the chunked transfer coding is supported", version, false, "none",
+                                         origin);
+    }
     if (auto len = parser.content_length(); len && *len > cfg.server.max_request_body_bytes) {
         co_return co_await proxy::reject(pctx_, s.stream, http::status::payload_too_large, "body_too_large",
                                          "request body exceeds server.max_request_body_bytes", version, false,
@@ -383,8 +424,8 @@ awaitable<bool> Worker::handle_one(Session& s, beast::flat_buffer& buf, bool loc
                                                  "request body not received in time", version, false, "none", origin);
             }
             // The client went away or sent a broken body: record it, answer if we still can.
-            const bool gone = ec == http::error::end_of_stream || ec == asio::error::eof ||
-                              ec == asio::error::connection_reset;
+            const bool gone = ec == http::error::end_of_stream || ec == http::error::partial_message ||
+                              ec == asio::error::eof || ec == asio::error::connection_reset;
             co_return co_await proxy::reject(pctx_, s.stream, gone ? static_cast<http::status>(499) : http::status::bad_request,
                                              gone ? "client_closed" : "bad_request",
                                              "malformed request body: " + ec.message(), version, false, "none", origin);
