@@ -249,6 +249,7 @@ private:
     bool chunked_out_ = false;
     bool reusable_ = false;
     bool head_sent_ = false;
+    bool client_timed_out_ = false; // a write to the client hit its deadline
     std::string head_; // the client's response head, serialized
     upstream::Connection* conn_ = nullptr;
 };
@@ -284,13 +285,22 @@ awaitable<bool> Exchange::send(std::string_view data, bool last) {
     }
     if (last && chunked_out_) bufs[n++] = asio::buffer("0\r\n\r\n", 5);
     if (n == 0) co_return true;
-    // Non-streamed responses keep the one deadline set with the head; a
-    // stream gets the idle timeout again for every write.
-    if (meter_.streamed || !head_sent_)
-        client_.expires_after(seconds(meter_.streamed ? cfg_.streaming.idle_timeout_s : cfg_.upstream.request_timeout_s));
     head_sent_ = true;
     error_code ec;
-    co_await write_all(client_, std::span<const asio::const_buffer>(bufs.data(), n), ec);
+    const std::span<const asio::const_buffer> all(bufs.data(), n);
+    const std::size_t total = asio::buffer_size(all);
+    const std::size_t done = write_now(client_.socket(), all, ec);
+    if (!ec && done < total) {
+        // The client takes the bytes slower than they come. Each wait for it
+        // is bounded (a stream's by streaming.idle_timeout_s): a client that
+        // stops reading is dropped, never buffered for, while one that reads
+        // on keeps its response (the upstream side has its own deadline).
+        client_.expires_after(seconds(meter_.streamed ? cfg_.streaming.idle_timeout_s : cfg_.upstream.request_timeout_s));
+        beast::buffers_suffix<std::span<const asio::const_buffer>> rest(all);
+        rest.consume(done);
+        co_await asio::async_write(client_, rest, asio::redirect_error(use_awaitable, ec));
+        if (ec == beast::error::timeout) client_timed_out_ = true;
+    }
     co_return !ec;
 }
 
@@ -459,7 +469,7 @@ awaitable<void> Exchange::relay(Stream& up) {
     if (!client_ok) {
         // The client went away: the upstream connection is dropped, not pooled.
         meter_.status = 499;
-        meter_.note = "client_closed";
+        meter_.note = client_timed_out_ ? "client_timeout" : "client_closed";
         client_keep_alive_ = false;
         co_return;
     }
