@@ -14,6 +14,7 @@
 #include <spdlog/spdlog.h>
 
 #include "relaymeter/metrics/price_table.hpp"
+#include "relaymeter/usage/encoded.hpp"
 #include "relaymeter/usage/usage.hpp"
 #include "relaymeter/util/duration.hpp"
 
@@ -412,6 +413,14 @@ awaitable<void> Exchange::relay(Stream& up) {
     const bool sse = beast::iequals(ures[http::field::content_type].substr(0, 17), "text/event-stream");
     meter_.streamed = sse;
     const bool upstream_keep_alive = ures.keep_alive();
+    // The upstream compressed although it was not asked to: the client gets
+    // the coded bytes unchanged (nothing can be stripped from them) and the
+    // usage is read from a copy inflated on the side.
+    auto coding = usage::ContentCoding::identity;
+    if (auto it = ures.find(http::field::content_encoding); it != ures.end()) {
+        coding = usage::content_coding(it->value());
+        if (coding != usage::ContentCoding::identity) strip_ = false;
+    }
 
     // Framing towards the client: the upstream's Content-Length when the bytes
     // are relayed unchanged, chunked otherwise (close-delimited for HTTP/1.0).
@@ -429,7 +438,10 @@ awaitable<void> Exchange::relay(Stream& up) {
     // Only the scanner this body needs (each allocates its state).
     std::optional<usage::JsonUsageScanner> json;
     std::optional<usage::StreamMeter> stream;
-    if (sse)
+    std::optional<usage::EncodedBodyMeter> coded;
+    if (coding != usage::ContentCoding::identity)
+        coded.emplace(coding, sse);
+    else if (sse)
         stream.emplace(strip_);
     else
         json.emplace();
@@ -451,7 +463,10 @@ awaitable<void> Exchange::relay(Stream& up) {
         const std::size_t n = buf.size() - parser.get().body().size;
         const bool last = parser.is_done();
         std::string_view data(buf.data(), n);
-        if (sse) {
+        if (coded) {
+            coded->feed(data);
+            if (last) coded->finish();
+        } else if (sse) {
             out.clear();
             stream->feed(data, out);
             if (last) stream->finish(out);
@@ -461,10 +476,18 @@ awaitable<void> Exchange::relay(Stream& up) {
         }
         if (!data.empty() || last) {
             client_ok = co_await send(data, last);
-            if (client_ok && sse && meter_.ttft_s < 0 && stream->saw_content()) meter_.ttft_s = since(meter_.arrival);
+            if (client_ok && sse && meter_.ttft_s < 0 && (coded ? coded->saw_content() : stream->saw_content()))
+                meter_.ttft_s = since(meter_.arrival);
         }
     }
-    meter_.use = sse ? stream->usage() : json->result();
+    meter_.use = coded ? coded->usage() : sse ? stream->usage() : json->result();
+    if (coded && !coded->problem().empty()) {
+        // Once per response: the bytes were relayed as they came, the usage
+        // is what could be read (usually none).
+        spdlog::warn("rid={} {}-coded response body not readable ({}): relayed unchanged, usage not metered",
+                     meter_.rid, usage::sanitize_model(ures[http::field::content_encoding].substr(0, 32)),
+                     coded->problem());
+    }
 
     if (!client_ok) {
         // The client went away: the upstream connection is dropped, not pooled.
