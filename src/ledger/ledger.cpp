@@ -11,6 +11,7 @@
 #include <thread>
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -214,6 +215,14 @@ bool Ledger::Impl::open_file(std::string& error) {
     struct stat st {};
     if (::fstat(f, &st) != 0 || !S_ISREG(st.st_mode)) {
         error = S_ISREG(st.st_mode) ? std::strerror(errno) : "not a regular file";
+        ::close(f);
+        return false;
+    }
+    // One writer per ledger: a second relaymeter on the same file is refused
+    // (the lock goes with the process, SIGKILL included).
+    if (::flock(f, LOCK_EX | LOCK_NB) != 0) {
+        error = errno == EWOULDBLOCK ? "in use by another process (another relaymeter on the same ledger?)"
+                                     : std::strerror(errno);
         ::close(f);
         return false;
     }

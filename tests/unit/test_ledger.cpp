@@ -516,6 +516,17 @@ TEST_CASE("ledger: a path that cannot be opened is an error at construction", "[
     }
     o.path = dir.path; // a directory
     CHECK_THROWS_AS(ledger::Ledger(o), ledger::LedgerError);
+    {
+        o.path = dir.file("taken.jsonl");
+        ledger::Ledger first(o);
+        try {
+            ledger::Ledger second(o);
+            FAIL("a second writer on the same file");
+        } catch (const ledger::LedgerError& e) {
+            CHECK_THAT(e.what(), Contains("in use by another process"));
+        }
+    }
+    ledger::Ledger again(o); // free once the first one is gone
     if (::geteuid() != 0) { // root writes anyway
         const std::string ro = dir.file("ro.jsonl");
         append_text(ro, "");

@@ -109,9 +109,10 @@ struct Stats {
 
 class Ledger {
 public:
-    // Opens (creates) options.path for appending and starts the writer thread.
-    // Throws LedgerError when the file cannot be opened or created. If the
-    // file ends with a torn line, the first write starts on a new line.
+    // Opens (creates) options.path for appending, takes an exclusive flock on
+    // it, and starts the writer thread. Throws LedgerError when the file
+    // cannot be opened or created, or another process holds it. If the file
+    // ends with a torn line, the first write starts on a new line.
     explicit Ledger(Options options);
     ~Ledger(); // close()
     Ledger(const Ledger&) = delete;
