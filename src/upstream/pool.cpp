@@ -15,6 +15,7 @@ namespace {
 constexpr auto kMaxIdle = std::chrono::seconds(30);
 constexpr auto kResolveCache = std::chrono::seconds(30);
 constexpr auto kTrustIdle = std::chrono::milliseconds(50);
+constexpr auto kSweepEvery = std::chrono::seconds(5);
 } // namespace
 
 const char* to_string(ConnectError e) {
@@ -42,12 +43,13 @@ bool Connection::looks_alive() {
 }
 
 Pool::Pool(asio::io_context& io, const config::UpstreamConfig& cfg, ssl::context* tls, unsigned limit)
-    : io_(io), cfg_(cfg), tls_(tls), limit_(limit == 0 ? 1 : limit), resolver_(io) {}
+    : io_(io), cfg_(cfg), tls_(tls), limit_(limit == 0 ? 1 : limit), sweep_timer_(io), resolver_(io) {}
 
 Pool::~Pool() = default;
 
 void Pool::close_all() {
     closed_ = true;
+    sweep_timer_.cancel();
     for (auto& c : idle_) {
         error_code ec;
         c->tcp().socket().shutdown(tcp::socket::shutdown_both, ec);
@@ -72,6 +74,7 @@ void Pool::release(std::unique_ptr<Connection> conn, bool reusable) {
     if (reusable && !closed_ && conn->buffer().size() == 0) {
         conn->idle_since = clock::now();
         idle_.push_back(std::move(conn));
+        if (!sweep_armed_) arm_sweep();
     } else {
         error_code ec;
         conn->tcp().socket().shutdown(tcp::socket::shutdown_both, ec);
@@ -79,6 +82,31 @@ void Pool::release(std::unique_ptr<Connection> conn, bool reusable) {
         --open_;
     }
     wake_one();
+}
+
+void Pool::arm_sweep() {
+    sweep_armed_ = true;
+    sweep_timer_.expires_after(kSweepEvery);
+    sweep_timer_.async_wait([this](const error_code& ec) {
+        if (ec) return; // cancelled (close_all or the pool going away): `this` may be gone
+        sweep_armed_ = false;
+        sweep();
+        if (!idle_.empty() && !closed_) arm_sweep();
+    });
+}
+
+void Pool::sweep() {
+    const auto now = clock::now();
+    const auto before = idle_.size();
+    std::erase_if(idle_, [&](std::unique_ptr<Connection>& conn) {
+        const auto idle = now - conn->idle_since;
+        if (idle < kTrustIdle || (idle < kMaxIdle && conn->looks_alive())) return false;
+        error_code ec;
+        conn->tcp().socket().close(ec);
+        return true;
+    });
+    open_ -= before - idle_.size();
+    if (idle_.size() != before) wake_one(); // a waiter may open a fresh connection now
 }
 
 awaitable<Lease> Pool::acquire(clock::time_point deadline) {

@@ -3,6 +3,7 @@
 
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <future>
 #include <thread>
@@ -357,6 +358,48 @@ TEST_CASE("proxy: keep-alive clients reuse pooled upstream connections", "[integ
     for (int i = 0; i < 50; ++i) REQUIRE(c.post_json("/v1/chat/completions", chat("gpt-4.1")).status == 200);
     CHECK(up.request_count() == 50);
     CHECK(up.connections_accepted() <= 2);
+}
+
+namespace {
+std::size_t open_sockets(int pid) {
+    std::size_t n = 0;
+    for (const auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd")) {
+        std::error_code ec;
+        const auto target = std::filesystem::read_symlink(e.path(), ec);
+        if (!ec && target.string().rfind("socket:", 0) == 0) ++n;
+    }
+    return n;
+}
+} // namespace
+
+TEST_CASE("proxy: pooled upstream connections the upstream closed are let go while idle", "[integration]") {
+    auto up = std::make_unique<fake::FakeUpstream>();
+    Daemon d(daemon_yaml(up->base_url()));
+    HttpClient probe(d.port());
+    REQUIRE(probe.get("/healthz").status == 200);
+    const std::size_t baseline = open_sockets(d.pid()); // listeners and the probe's connection
+    {
+        // Several connections at once, so that each worker's pool holds some.
+        std::vector<std::thread> clients;
+        for (int t = 0; t < 6; ++t) {
+            clients.emplace_back([&] {
+                HttpClient c(d.port());
+                for (int i = 0; i < 5; ++i) CHECK(c.post_json("/v1/chat/completions", chat("gpt-4.1")).status == 200);
+            });
+        }
+        for (auto& t : clients) t.join();
+    }
+    wait_idle(d.port());
+    REQUIRE(open_sockets(d.pid()) > baseline); // pooled upstream connections
+    up.reset(); // the upstream goes away and closes its side of every connection
+    // No request arrives: the pool's sweep must still close the half-closed sockets.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    std::size_t now = open_sockets(d.pid());
+    while (now > baseline && std::chrono::steady_clock::now() < deadline) {
+        REQUIRE(probe.get("/healthz").status == 200); // a real round trip per poll, no sleeping
+        now = open_sockets(d.pid());
+    }
+    CHECK(now <= baseline);
 }
 
 TEST_CASE("proxy: admin endpoints, 404s and methods", "[integration]") {

@@ -76,6 +76,11 @@ public:
 private:
     awaitable<Lease> connect(clock::time_point deadline);
     void wake_one();
+    // Closes idle connections the peer has closed (or that are too old), so
+    // that a quiet proxy does not hold half-closed sockets until its next
+    // request; re-arms itself while connections are idle.
+    void arm_sweep();
+    void sweep();
 
     asio::io_context& io_;
     const config::UpstreamConfig& cfg_;
@@ -85,6 +90,8 @@ private:
     bool closed_ = false;
     std::vector<std::unique_ptr<Connection>> idle_; // LIFO: the warmest connection first
     std::deque<std::shared_ptr<asio::steady_timer>> waiters_;
+    asio::steady_timer sweep_timer_;
+    bool sweep_armed_ = false;
     tcp::resolver resolver_;
     std::vector<tcp::endpoint> endpoints_; // cached resolution
     clock::time_point endpoints_expiry_{};
