@@ -121,7 +121,8 @@ void append_ids(ledger::Ledger& l, const std::string& prefix, int from, int to) 
 } // namespace
 
 TEST_CASE("ledger: a line reads back as exactly the record it was written from", "[ledger]") {
-    metrics::Record r = full_record("req-1");
+    const std::string id = "req-1"; // outlives r, whose request_id views it
+    metrics::Record r = full_record(id);
     r.latency_s = 1.0 / 3.0;
     const metrics::Pricing p{0.1 + 0.2, false};
     const std::string line = line_for(r, p);
@@ -266,7 +267,8 @@ TEST_CASE("ledger: a torn last line is skipped with a warning, and the next writ
     const std::string path = dir.file("ledger.jsonl");
     std::string text;
     for (int i = 0; i < 3; ++i) {
-        auto r = full_record("id" + std::to_string(i), i);
+        const std::string id = "id" + std::to_string(i); // outlives r, whose request_id views it
+        auto r = full_record(id, i);
         ledger::format_line(text, r, {0.25, false});
     }
     const std::string torn = line_for(full_record("torn", 9), {1, false}).substr(0, 57);
@@ -730,7 +732,8 @@ TEST_CASE("ledger bench: replay speed over a million lines", "[.ledger-bench]") 
     {
         std::string text;
         for (int i = 0; i < 1000000; ++i) {
-            auto r = full_record("req-" + std::to_string(i), i);
+            const std::string id = "req-" + std::to_string(i); // outlives r, whose request_id views it
+            auto r = full_record(id, i);
             r.model = i % 3 ? "gpt-4.1" : "deepseek-v3.2";
             r.key = i % 2 ? "team-a" : "team-b";
             ledger::format_line(text, r, {0.001 * (i % 100), false});
