@@ -65,14 +65,17 @@ public:
     }
 
     void on_value(const MemberValue& v) override {
+        // A number longer than its capture is only a prefix: not a count
+        // ("1.000…0e2" cut before its exponent would read as 1).
+        const auto count = [&v] { return v.truncated ? std::nullopt : count_of(v.text); };
         if (v.depth == 1) {
-            if (v.key == "prompt_tokens") slots_[kPrompt] = count_of(v.text);
-            else if (v.key == "completion_tokens") slots_[kCompletion] = count_of(v.text);
-            else if (v.key == "input_tokens") slots_[kInput] = count_of(v.text);
-            else if (v.key == "output_tokens") slots_[kOutput] = count_of(v.text);
+            if (v.key == "prompt_tokens") slots_[kPrompt] = count();
+            else if (v.key == "completion_tokens") slots_[kCompletion] = count();
+            else if (v.key == "input_tokens") slots_[kInput] = count();
+            else if (v.key == "output_tokens") slots_[kOutput] = count();
         } else if (v.depth == 2 && (v.key == "cached_tokens" || v.key == "reasoning_tokens")) {
             // on_key only captured the one this details object counts.
-            if (!v.text.empty()) slots_[parent_] = v.truncated ? std::nullopt : count_of(v.text);
+            if (!v.text.empty()) slots_[parent_] = count();
         }
     }
 

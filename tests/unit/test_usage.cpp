@@ -211,6 +211,19 @@ TEST_CASE("usage: parse ignores negative, fractional, huge and non-number counts
         "prompt_tokens_details":[{"cached_tokens":3}]})") == make_usage(10, 5));
 }
 
+// Found by fuzz/fuzz_usage: a number longer than the 40-byte capture was read
+// from its prefix, so 1.000…0e2 (100) counted as 1. A cut-off number is not a count.
+TEST_CASE("usage: parse ignores a count longer than its capture", "[usage]") {
+    const std::string zeros(40, '0');
+    CHECK(parse_usage_object(R"({"prompt_tokens":1.)" + zeros + R"(e2,"completion_tokens":7})") == make_usage(0, 7));
+    CHECK(parse_usage_object(R"({"input_tokens":1.)" + zeros + R"(e2,"output_tokens":1.)" + zeros + "}") ==
+          make_usage(0, 0));
+    CHECK(parse_usage_object(R"({"prompt_tokens":10,"prompt_tokens_details":{"cached_tokens":2.)" + zeros +
+                             "}}") == make_usage(10, 0));
+    // Within the capture, long spellings are still read.
+    CHECK(parse_usage_object(R"({"prompt_tokens":1.000000000000000000000000000000000000e2})") == make_usage(100, 0));
+}
+
 TEST_CASE("usage: parse falls back to input/output names when prompt/completion are unusable", "[usage]") {
     CHECK(parse_usage_object(R"({"prompt_tokens":"x","input_tokens":5,"output_tokens":6})") == make_usage(5, 6));
     // Both spellings present: the chat one wins.

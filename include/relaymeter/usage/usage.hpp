@@ -24,7 +24,8 @@ struct Usage {
 // prompt_tokens_details, completion_tokens_details) and the Responses API
 // (input_tokens, output_tokens, input_tokens_details, output_tokens_details).
 // Returns present=false for null, non-objects or unparsable text. Negative,
-// fractional or non-numeric counts are ignored (treated as 0).
+// fractional or non-numeric counts, and numbers spelled in more than 40 bytes,
+// are ignored (treated as 0).
 Usage parse_usage_object(std::string_view json_object);
 
 // What relaymeter needs from a request body, found without building a DOM.
