@@ -111,6 +111,9 @@ struct EncodedBodyMeter::Impl {
         zs.avail_in = static_cast<uInt>(n);
         while (state == State::inflating || (state == State::member_end && zs.avail_in > 0)) {
             if (state == State::member_end) {
+                // zlib and raw deflate streams are single: bytes after the end
+                // are junk, whether or not they came in the same chunk.
+                if (coding != ContentCoding::gzip) return fail("corrupt data");
                 // Another gzip member follows the one that ended.
                 if (inflateReset(&zs) != Z_OK) return fail("corrupt data");
                 state = State::inflating;

@@ -6,12 +6,14 @@
 #include <random>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "unit/fixtures.hpp"
+#include "relaymeter/usage/encoded.hpp"
 #include "relaymeter/usage/usage.hpp"
 
 using relaymeter::usage::inject_include_usage;
@@ -222,6 +224,34 @@ TEST_CASE("usage: parse ignores a count longer than its capture", "[usage]") {
                              "}}") == make_usage(10, 0));
     // Within the capture, long spellings are still read.
     CHECK(parse_usage_object(R"({"prompt_tokens":1.000000000000000000000000000000000000e2})") == make_usage(100, 0));
+}
+
+// Found by fuzz/fuzz_encoded: a zlib or raw deflate stream that ended exactly
+// at a chunk boundary took the next chunk for a new stream ("truncated", and
+// its bytes inflated) where one chunk gave "corrupt data" (trailing junk).
+TEST_CASE("usage: encoded deflate streams reject trailing bytes however the body is split", "[usage][gzip]") {
+    using relaymeter::usage::ContentCoding;
+    using relaymeter::usage::EncodedBodyMeter;
+    const std::string raw("\xfb\x8a\x00\x00" "d\xb7" "ata\xff", 10); // 11 bytes of raw deflate, then junk
+    const std::string zlib_wrapped = std::string("\x78\x9c\xab\x56\x2a\x2d\x4e\x4c\x4f\x55\xb2\xaa\x56\x2a\x28\xca"
+                                                 "\xcf\x2d\x28\x89\x2f\xc9\xcf\x4e\xcd\x2b\x56\xb2\x32\xae\xad\x05"
+                                                 "\x00\xa0\x9d\x0a\xca", 37) + "{}"; // {"usage":{"prompt_tokens":3}}, then junk
+    for (const auto& [body, stream_end, decoded] :
+         {std::tuple<std::string, std::size_t, std::uint64_t>{raw, 4, 11}, {zlib_wrapped, 37, 29}}) {
+        for (std::size_t cut : {std::size_t{0}, stream_end, std::size_t{1}}) {
+            EncodedBodyMeter m(ContentCoding::deflate, false);
+            if (cut == 1) {
+                for (char c : body) m.feed(std::string_view(&c, 1));
+            } else {
+                m.feed(std::string_view(body).substr(0, cut));
+                m.feed(std::string_view(body).substr(cut));
+            }
+            m.finish();
+            INFO("cut " << cut);
+            CHECK(m.problem() == "corrupt data");
+            CHECK(m.decoded_bytes() == decoded);
+        }
+    }
 }
 
 TEST_CASE("usage: parse falls back to input/output names when prompt/completion are unusable", "[usage]") {
