@@ -10,8 +10,9 @@ packages=(build-essential cmake pkg-config libboost-dev libboost-system-dev libb
 if [[ "${1:-}" == "--tests" ]]; then
   # promtool (prometheus) checks /metrics; curl and openssl are used by tests.
   # tests/stack: chromium (dashboard page), docker-compose (config check),
-  # prometheus-alertmanager (amtool), python3.
-  packages+=(catch2 prometheus curl openssl chromium docker-compose prometheus-alertmanager python3)
+  # prometheus-alertmanager (amtool), python3. fuzz/: clang-14, libclang-rt-14-dev (libFuzzer).
+  packages+=(catch2 prometheus curl openssl chromium docker-compose prometheus-alertmanager python3
+             clang-14 libclang-rt-14-dev)
 fi
 
 missing=()
