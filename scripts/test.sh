@@ -24,7 +24,9 @@ bash scripts/fuzz.sh "${RELAYMETER_FUZZ_SECONDS:-20}" || rc=1
 # are on the stderr of the process, which aborts, failing its test.)
 cmake -S . -B build-asan -DRELAYMETER_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1 -DNDEBUG" >/dev/null
+start=$SECONDS
 cmake --build build-asan -j "$jobs"
+echo "asan: build-asan built in $((SECONDS - start)) s"
 logs="$PWD/build-asan/sanitizer-logs"
 rm -rf "$logs"
 mkdir -p "$logs"
@@ -33,9 +35,11 @@ mkdir -p "$logs"
 # the normal build below.
 rss_tests='never reads a large response|endless upstream bodies are bounded'
 echo "asan: all tests but the RSS bounds ($rss_tests), which run in build/ only"
+start=$SECONDS
 ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:halt_on_error=1:detect_stack_use_after_return=1:check_initialization_order=1:strict_init_order=1:log_path=$logs/asan" \
 UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:abort_on_error=1" \
   ctest --test-dir build-asan --output-on-failure -j "$jobs" --timeout 600 -E "$rss_tests" || rc=1
+echo "asan: ctest took $((SECONDS - start)) s"
 if compgen -G "$logs/*" >/dev/null; then
   rc=1
   echo "asan: sanitizer reports (build-asan/sanitizer-logs/):"
