@@ -60,6 +60,7 @@ struct Raw {
     char* p;
     void put(char c) { *p++ = c; }
     void put(std::string_view s) {
+        if (s.empty()) return; // memcpy from a null data() is undefined even for 0 bytes
         std::memcpy(p, s.data(), s.size());
         p += s.size();
     }

@@ -489,15 +489,19 @@ Stats Ledger::stats() const {
     s.flushes = d.flushes.load();
     s.write_errors = d.write_errors.load();
     s.rotations = d.rotations.load();
-    s.backpressure_waits = d.waits.load();
     s.buffered_bytes = d.pending_bytes.load();
-    const std::lock_guard rl(d.reg_mu);
-    for (const auto& b : d.buffers) {
-        const std::lock_guard bl(b->mu);
-        s.records += b->records;
-        s.buffered_bytes += b->data.size();
-        if (b->waiting) ++s.waiting_threads;
+    {
+        const std::lock_guard rl(d.reg_mu);
+        for (const auto& b : d.buffers) {
+            const std::lock_guard bl(b->mu);
+            s.records += b->records;
+            s.buffered_bytes += b->data.size();
+            if (b->waiting) ++s.waiting_threads;
+        }
     }
+    // Read after the buffers: a thread counts its wait before it is seen
+    // waiting, so a snapshot never shows a waiting thread and zero waits.
+    s.backpressure_waits = d.waits.load();
     return s;
 }
 

@@ -794,7 +794,7 @@ TEST_CASE("badinput: upstream resets, garbage and short bodies give 502, recorde
         {"/v1/reset-mid-head", [&](const fake::Request&) { return fake::Response().write(ok_head).reset(); }},
         {"/v1/garbage",
          [](const fake::Request&) {
-             return fake::Response().write(std::string("SSH-2.0-OpenSSH_9.2\r\n\0\1\2garbage\r\n\r\n", 40)).close();
+             return fake::Response().write(std::string("SSH-2.0-OpenSSH_9.2\r\n\0\1\2garbage\r\n\r\n", 35)).close();
          }},
         {"/v1/garbage-then-hang", [](const fake::Request&) { return fake::Response().write("hello there\r\n\r\n").hang(); }},
         {"/v1/bad-status", [](const fake::Request&) { return fake::Response().write("HTTP/1.1 2000 OK\r\n\r\n").close(); }},
