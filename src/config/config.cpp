@@ -6,9 +6,11 @@
 
 #include "relaymeter/config/config.hpp"
 
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <optional>
 #include <cerrno>
 #include <charconv>
 #include <cmath>
@@ -911,11 +913,42 @@ void Loader::read_ledger(const Item& it, LedgerConfig& l) {
     }
 }
 
+// yaml-cpp 0.7 (jbeder/yaml-cpp#1040, fixed after 0.8.0): a ',' at the top
+// level of a document ("{a: 1}," or ",") is never consumed, and LoadAll
+// collects empty documents forever. The same parser with a bounded loop finds
+// such text: each real document consumes at least one byte. Returns the mark
+// of the offending document, or nothing.
+std::optional<YAML::Mark> yaml_stalls(const std::string& text) {
+    struct Starts final : YAML::EventHandler {
+        YAML::Mark last;
+        void OnDocumentStart(const YAML::Mark& m) override { last = m; }
+        void OnDocumentEnd() override {}
+        void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+        void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+        void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
+        void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+        void OnSequenceEnd() override {}
+        void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+        void OnMapEnd() override {}
+    } starts;
+    std::istringstream in(text);
+    YAML::Parser parser(in);
+    std::size_t documents = 0;
+    while (parser.HandleNextDocument(starts)) { // throws YAML::ParserException like LoadAll
+        if (++documents > text.size() + 1) return starts.last;
+    }
+    return std::nullopt;
+}
+
 Config Loader::load(const std::string& text) {
     Config cfg;
     cfg.source = file_;
     std::vector<YAML::Node> docs;
     try {
+        if (const auto stall = yaml_stalls(text)) {
+            error(stall->line, "", "malformed YAML: unexpected ','");
+            throw ConfigError(errors_);
+        }
         docs = YAML::LoadAll(text);
     } catch (const YAML::Exception& e) {
         error(e.mark.line, "", "malformed YAML: " + e.msg);

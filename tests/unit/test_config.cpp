@@ -340,6 +340,9 @@ TEST_CASE("config: out-of-range numbers are errors", "[config]") {
                Contains("test.yaml:2: upstream.connect_timeout_s: must be greater than 0"));
     CHECK_THAT(errors_of("upstream:\n  max_connections: 0\n"),
                Contains("test.yaml:2: upstream.max_connections: must be at least 1"));
+    // yaml-cpp 0.7's LoadAll never returns on a top-level ',': an error, not a hang.
+    CHECK_THAT(errors_of(","), Contains("test.yaml:1: malformed YAML: unexpected ','"));
+    CHECK_THAT(errors_of("{server: {threads: 1}},"), Contains("malformed YAML: unexpected ','"));
     CHECK_THAT(errors_of("metrics:\n  max_models: 0\n"),
                Contains("test.yaml:2: metrics.max_models: must be at least 1"));
     CHECK_THAT(errors_of("server:\n  max_request_body_bytes: 0\n"),
