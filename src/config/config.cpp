@@ -913,40 +913,13 @@ void Loader::read_ledger(const Item& it, LedgerConfig& l) {
     }
 }
 
-// yaml-cpp 0.7 (jbeder/yaml-cpp#1040, fixed after 0.8.0): a ',' at the top
-// level of a document ("{a: 1}," or ",") is never consumed, and LoadAll
-// collects empty documents forever. The same parser with a bounded loop finds
-// such text: each real document consumes at least one byte. Returns the mark
-// of the offending document, or nothing.
-std::optional<YAML::Mark> yaml_stalls(const std::string& text) {
-    struct Starts final : YAML::EventHandler {
-        YAML::Mark last;
-        void OnDocumentStart(const YAML::Mark& m) override { last = m; }
-        void OnDocumentEnd() override {}
-        void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
-        void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
-        void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
-        void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
-        void OnSequenceEnd() override {}
-        void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
-        void OnMapEnd() override {}
-    } starts;
-    std::istringstream in(text);
-    YAML::Parser parser(in);
-    std::size_t documents = 0;
-    while (parser.HandleNextDocument(starts)) { // throws YAML::ParserException like LoadAll
-        if (++documents > text.size() + 1) return starts.last;
-    }
-    return std::nullopt;
-}
-
 Config Loader::load(const std::string& text) {
     Config cfg;
     cfg.source = file_;
     std::vector<YAML::Node> docs;
     try {
-        if (const auto stall = yaml_stalls(text)) {
-            error(stall->line, "", "malformed YAML: unexpected ','");
+        if (const auto line = yaml_load_all_stall_line(text)) {
+            error(*line, "", "malformed YAML: unexpected ','");
             throw ConfigError(errors_);
         }
         docs = YAML::LoadAll(text);
@@ -1149,6 +1122,34 @@ Config load_file(const std::string& path, EnvLookup env) {
         throw ConfigError({path + ": cannot read: " + reason});
     }
     return load_string(text, path, env);
+}
+
+// Each real document consumes at least one byte, so more documents than
+// bytes means the parser makes no progress.
+std::optional<int> yaml_load_all_stall_line(const std::string& text) {
+    struct Starts final : YAML::EventHandler {
+        YAML::Mark last;
+        void OnDocumentStart(const YAML::Mark& m) override { last = m; }
+        void OnDocumentEnd() override {}
+        void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+        void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+        void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
+        void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+        void OnSequenceEnd() override {}
+        void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+        void OnMapEnd() override {}
+    } starts;
+    std::istringstream in(text);
+    YAML::Parser parser(in);
+    std::size_t documents = 0;
+    try {
+        while (parser.HandleNextDocument(starts)) {
+            if (++documents > text.size() + 1) return starts.last.line;
+        }
+    } catch (const YAML::Exception&) {
+        // LoadAll throws the same, and the caller reports that.
+    }
+    return std::nullopt;
 }
 
 } // namespace relaymeter::config

@@ -19,6 +19,7 @@
 
 #include "ledger/internal.hpp"
 #include "relaymeter/ledger/ledger.hpp"
+#include "relaymeter/util/per_thread.hpp"
 
 namespace relaymeter::ledger {
 
@@ -145,34 +146,7 @@ struct Ledger::Impl {
 };
 
 Buffer& Ledger::Impl::local_buffer() {
-    struct Slot {
-        std::uint64_t ledger_id = 0;
-        Buffer* buffer = nullptr;
-    };
-    thread_local std::array<Slot, 8> cache{};
-    thread_local std::size_t next_slot = 0;
-    for (const Slot& s : cache) {
-        if (s.ledger_id == id) return *s.buffer;
-    }
-    Buffer* buffer = nullptr;
-    {
-        const std::lock_guard lk(reg_mu);
-        const auto self = std::this_thread::get_id();
-        for (const auto& b : buffers) {
-            if (b->owner == self) { // evicted from the cache earlier: reuse
-                buffer = b.get();
-                break;
-            }
-        }
-        if (buffer == nullptr) {
-            buffers.push_back(std::make_unique<Buffer>(self));
-            buffer = buffers.back().get();
-            nbuffers.store(buffers.size(), std::memory_order_relaxed);
-        }
-    }
-    cache[next_slot] = {id, buffer};
-    next_slot = (next_slot + 1) % cache.size();
-    return *buffer;
+    return util::per_thread(id, reg_mu, buffers, [this](std::size_t n) { nbuffers.store(n, std::memory_order_relaxed); });
 }
 
 void Ledger::Impl::wait_for_room(Buffer& b, std::unique_lock<std::mutex>& lk) {

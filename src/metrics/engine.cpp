@@ -1,5 +1,7 @@
 #include "relaymeter/metrics/engine.hpp"
 
+#include "relaymeter/util/per_thread.hpp"
+
 #include <algorithm>
 #include <array>
 #include <limits>
@@ -179,7 +181,7 @@ ModelStats Snapshot::overall() const {
 // record() and otherwise only by snapshot(); the fields after it are touched
 // by the owning thread alone and need no lock.
 struct Engine::Shard {
-    explicit Shard(std::thread::id owner) : owner_(owner) {}
+    explicit Shard(std::thread::id o) : owner(o) {}
 
     std::mutex mu_;
     StatsMap models_;                                    // by canonical name
@@ -194,7 +196,7 @@ struct Engine::Shard {
     MinuteSlot prev_;
     std::uint64_t prev_gen_ = 0;
 
-    const std::thread::id owner_;
+    const std::thread::id owner;
     std::unordered_map<std::string, bool> name_cache_; // raw model name -> admitted (false: counted as "other")
     std::unordered_map<std::string, bool> key_cache_;  // the same for client key names
     std::uint64_t prices_version_ = std::numeric_limits<std::uint64_t>::max();
@@ -237,39 +239,7 @@ Engine::Engine(EngineOptions options)
 
 Engine::~Engine() = default;
 
-Engine::Shard& Engine::local_shard() {
-    // A few (engine id, shard) pairs per thread. Engine ids are never reused,
-    // so an entry of a destroyed engine is never matched again.
-    struct Entry {
-        std::uint64_t engine_id = 0;
-        Shard* shard = nullptr;
-    };
-    thread_local std::array<Entry, 8> cache{};
-    thread_local std::size_t next_slot = 0;
-
-    for (const Entry& e : cache) {
-        if (e.engine_id == id_) return *e.shard;
-    }
-
-    Shard* shard = nullptr;
-    {
-        const std::lock_guard lock(shards_mu_);
-        const auto self = std::this_thread::get_id();
-        for (const auto& s : shards_) {
-            if (s->owner_ == self) { // evicted from the cache earlier: reuse, never duplicate
-                shard = s.get();
-                break;
-            }
-        }
-        if (shard == nullptr) {
-            shards_.push_back(std::make_unique<Shard>(self));
-            shard = shards_.back().get();
-        }
-    }
-    cache[next_slot] = Entry{id_, shard};
-    next_slot = (next_slot + 1) % cache.size();
-    return *shard;
-}
+Engine::Shard& Engine::local_shard() { return util::per_thread(id_, shards_mu_, shards_); }
 
 const std::string& Engine::canonical(NameCap& cap, std::unordered_map<std::string, bool>& cache,
                                      const std::string& name) {

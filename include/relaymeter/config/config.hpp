@@ -155,6 +155,13 @@ Config load_file(const std::string& path, EnvLookup env = process_env);
 Config load_string(const std::string& yaml_text, const std::string& source_name,
                    EnvLookup env = process_env);
 
+// yaml-cpp 0.7 (jbeder/yaml-cpp#1040, fixed after 0.8.0): a ',' at the top
+// level of a document ("{a: 1}," or ",") is never consumed, and
+// YAML::LoadAll collects empty documents forever. The (0-based) line of such a
+// document, or nothing when LoadAll returns (or throws) on `text`. The loader
+// reports it as malformed YAML before calling LoadAll.
+std::optional<int> yaml_load_all_stall_line(const std::string& text);
+
 // Expand ${VAR} and ${VAR:-default}. Throws std::invalid_argument naming the
 // variable when it is unset and has no default, or when the syntax is broken.
 std::string expand_env(const std::string& value, EnvLookup env = process_env);
