@@ -58,7 +58,27 @@ long hex4(std::string_view s, std::size_t i) {
     return v;
 }
 
-void append_utf8(std::string& out, unsigned long cp) {
+// Output of decode_into() into a fixed buffer of `cap` bytes. It counts what
+// std::string would hold (decode_into may overshoot its limit by the tail of
+// a UTF-8 sequence, then cuts back), writing only what fits.
+struct FixedOut {
+    char* data;
+    std::size_t cap;
+    std::size_t len = 0;
+    std::size_t size() const { return len; }
+    void push_back(char c) {
+        if (len < cap) data[len] = c;
+        ++len;
+    }
+    void append(const char* p, std::size_t n) { // callers never pass more than fits
+        std::memcpy(data + len, p, n);
+        len += n;
+    }
+    void resize(std::size_t n) { len = n; } // only ever shrinks
+};
+
+template <class Out>
+void append_utf8(Out& out, unsigned long cp) {
     if (cp < 0x80) {
         out.push_back(static_cast<char>(cp));
     } else if (cp < 0x800) {
@@ -76,9 +96,8 @@ void append_utf8(std::string& out, unsigned long cp) {
     }
 }
 
-} // namespace
-
-void decode_json_string(std::string_view raw, std::string& out, std::size_t max_out) {
+template <class Out>
+void decode_into(std::string_view raw, Out& out, std::size_t max_out) {
     const std::size_t limit = out.size() + max_out;
     std::size_t i = 0;
     while (i < raw.size() && out.size() < limit) {
@@ -125,14 +144,22 @@ void decode_json_string(std::string_view raw, std::string& out, std::size_t max_
     if (out.size() > limit) out.resize(limit);
 }
 
+} // namespace
+
+void decode_json_string(std::string_view raw, std::string& out, std::size_t max_out) {
+    decode_into(raw, out, max_out);
+}
+
+std::size_t decode_json_string(std::string_view raw, char* out, std::size_t max_out) {
+    FixedOut fixed{out, max_out};
+    decode_into(raw, fixed, max_out);
+    return fixed.len;
+}
+
 std::string_view trim_json_ws(std::string_view s) {
     while (!s.empty() && is_ws(s.front())) s.remove_prefix(1);
     while (!s.empty() && is_ws(s.back())) s.remove_suffix(1);
     return s;
-}
-
-JsonScanner::JsonScanner() {
-    for (auto& level : levels_) level.key.reserve(kMaxKey);
 }
 
 void JsonScanner::reset() {
@@ -142,13 +169,13 @@ void JsonScanner::reset() {
     skip_depth_ = 0;
     consumed_ = 0;
     walk_depth_ = 0;
-    key_len_ = 0;
     key_long_ = false;
     directive_ = {};
     value_first_ = 0;
     value_begin_ = 0;
     capturing_ = false;
     capture_truncated_ = false;
+    capture_spilled_ = false;
     capture_from_ = 0;
     capture_.clear();
 }
@@ -196,7 +223,7 @@ void JsonScanner::open_object(std::size_t i) {
     level.open = abs(i);
     level.members = 0;
     level.last_value_end = abs(i) + 1;
-    level.key.clear();
+    level.key_len = 0;
     mode_ = Mode::key_or_end;
 }
 
@@ -214,7 +241,7 @@ void JsonScanner::close_object(std::size_t i, JsonScanHandler& handler) {
     Level& parent = levels_[static_cast<std::size_t>(walk_depth_ - 1)];
     MemberValue v;
     v.depth = walk_depth_;
-    v.key = parent.key;
+    v.key = parent.key_view();
     v.first = '{';
     v.begin = open;
     v.end = abs(i) + 1;
@@ -224,17 +251,17 @@ void JsonScanner::close_object(std::size_t i, JsonScanHandler& handler) {
     mode_ = Mode::after_value;
 }
 
+// The raw key is in level.key (unless key_long_): unescape it in place.
 void JsonScanner::end_key(JsonScanHandler& handler) {
     Level& level = levels_[static_cast<std::size_t>(walk_depth_ - 1)];
-    level.key.clear();
-    if (!key_long_) {
-        const std::string_view raw(key_raw_.data(), key_len_);
-        if (raw.find('\\') == std::string_view::npos)
-            level.key.assign(raw);
-        else
-            decode_json_string(raw, level.key, kMaxKey);
+    if (key_long_) {
+        level.key_len = 0;
+    } else if (std::memchr(level.key.data(), '\\', level.key_len) != nullptr) {
+        std::array<char, kMaxKey> decoded; // an escape never decodes longer than it is written
+        level.key_len = decode_json_string(level.key_view(), decoded.data(), kMaxKey);
+        std::memcpy(level.key.data(), decoded.data(), level.key_len);
     }
-    directive_ = handler.on_key(level.key, walk_depth_);
+    directive_ = handler.on_key(level.key_view(), walk_depth_);
     mode_ = Mode::colon;
 }
 
@@ -263,7 +290,7 @@ std::size_t JsonScanner::start_value(const char* p, std::size_t i) {
     if (directive_.walk == Walk::capture) {
         capturing_ = true;
         capture_truncated_ = false;
-        capture_.clear();
+        capture_spilled_ = false;
         capture_from_ = i;
     }
     return i + 1;
@@ -274,15 +301,21 @@ void JsonScanner::end_value(const char* p, std::size_t i, JsonScanHandler& handl
     Level& level = levels_[static_cast<std::size_t>(walk_depth_ - 1)];
     MemberValue v;
     v.depth = walk_depth_;
-    v.key = level.key;
+    v.key = level.key_view();
     v.first = value_first_;
     v.begin = value_begin_;
     v.end = abs(i);
     if (capturing_) {
-        append_capture(p + capture_from_, i - capture_from_);
         capturing_ = false;
-        v.text = capture_;
-        v.truncated = capture_truncated_;
+        if (capture_spilled_) {
+            append_capture(p + capture_from_, i - capture_from_);
+            v.text = capture_;
+            v.truncated = capture_truncated_;
+        } else { // the whole value is in this chunk: no copy
+            const std::size_t len = i - capture_from_;
+            v.truncated = len > directive_.limit;
+            v.text = {p + capture_from_, v.truncated ? directive_.limit : len};
+        }
     }
     handler.on_value(v);
     ++level.members;
@@ -323,7 +356,7 @@ void JsonScanner::feed(std::string_view chunk, JsonScanHandler& handler) {
             if (i == n) break;
             if (p[i] == '"') {
                 mode_ = Mode::key;
-                key_len_ = 0;
+                levels_[static_cast<std::size_t>(walk_depth_ - 1)].key_len = 0;
                 key_long_ = false;
                 escape_ = false;
                 ++i;
@@ -340,11 +373,12 @@ void JsonScanner::feed(std::string_view chunk, JsonScanHandler& handler) {
             const std::size_t j = scan_string(p, i, n);
             const std::size_t stop = j == npos ? n : j - 1; // exclude the closing quote
             const std::size_t len = stop - i;
-            if (key_long_ || key_len_ + len > kMaxKey) {
+            Level& level = levels_[static_cast<std::size_t>(walk_depth_ - 1)];
+            if (key_long_ || level.key_len + len > kMaxKey) {
                 key_long_ = true;
             } else {
-                std::memcpy(key_raw_.data() + key_len_, p + i, len);
-                key_len_ += len;
+                std::memcpy(level.key.data() + level.key_len, p + i, len);
+                level.key_len += len;
             }
             if (j == npos) {
                 i = n;
@@ -444,7 +478,13 @@ void JsonScanner::feed(std::string_view chunk, JsonScanHandler& handler) {
         }
     }
     // Keep the captured part of a value that goes on in the next chunk.
-    if (capturing_) append_capture(p + capture_from_, n - capture_from_);
+    if (capturing_) {
+        if (!capture_spilled_) {
+            capture_.clear();
+            capture_spilled_ = true;
+        }
+        append_capture(p + capture_from_, n - capture_from_);
+    }
     consumed_ += n;
 }
 

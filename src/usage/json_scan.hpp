@@ -78,7 +78,7 @@ public:
     static constexpr int kMaxWalkDepth = 4;      // deeper descents are skipped
     static constexpr std::size_t kMaxKey = 64;   // longer raw keys are reported as ""
 
-    JsonScanner();
+    JsonScanner() = default;
 
     // Scans the next piece of the input. Cheap no-op once the scan has failed.
     void feed(std::string_view chunk, JsonScanHandler& handler);
@@ -111,7 +111,11 @@ private:
         std::size_t open = 0;
         std::size_t members = 0;
         std::size_t last_value_end = 0;
-        std::string key; // key of the member being read in this object
+        // Key of the member being read in this object: raw bytes while the
+        // key is read, unescaped once it has ended (never longer than raw).
+        std::size_t key_len = 0;
+        std::array<char, kMaxKey> key{};
+        std::string_view key_view() const { return {key.data(), key_len}; }
     };
 
     std::size_t scan_string(const char* p, std::size_t i, std::size_t n);
@@ -132,16 +136,18 @@ private:
     std::array<Level, kMaxWalkDepth> levels_;
     int walk_depth_ = 0; // walked objects open
 
-    std::array<char, kMaxKey> key_raw_{};
-    std::size_t key_len_ = 0;
-    bool key_long_ = false;
+    bool key_long_ = false; // the key being read is over kMaxKey raw bytes
 
     Directive directive_;          // for the value being read
     char value_first_ = 0;
     std::size_t value_begin_ = 0;
 
+    // A captured value that ends in the chunk it started in is handed over as
+    // a view of that chunk; only one that spans chunks is copied, into capture_
+    // (bounded by the directive's limit, capacity kept across reset()).
     bool capturing_ = false;
     bool capture_truncated_ = false;
+    bool capture_spilled_ = false; // capture_ holds the value's bytes from earlier chunks
     std::size_t capture_from_ = 0; // index in the current chunk where capture resumes
     std::string capture_;
 };
@@ -150,6 +156,9 @@ private:
 // quotes) to `out`, at most `max_out` bytes; \u escapes become UTF-8 (lone
 // surrogates U+FFFD). An escape cut off at the end of `raw` is dropped.
 void decode_json_string(std::string_view raw, std::string& out, std::size_t max_out);
+// The same into a fixed buffer of at least `max_out` bytes: writes the bytes
+// the std::string form would append, returns how many.
+std::size_t decode_json_string(std::string_view raw, char* out, std::size_t max_out);
 
 // Strips JSON whitespace (space, tab, CR, LF) from both ends.
 std::string_view trim_json_ws(std::string_view s);

@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <new>
+#include <type_traits>
 #include <utility>
 
 #include "relaymeter/usage/usage.hpp"
@@ -22,6 +24,15 @@ using detail::Walk;
 constexpr std::size_t kMaxUsageText = 64 * 1024;
 // Enough of "choices" to tell an empty array ("[]", "[ ]") from a non-empty one.
 constexpr std::size_t kChoicesProbe = 16;
+
+// Index of the first '\r' or '\n' in p[i, n), or n (memchr is vectorized;
+// a byte-at-a-time loop here was most of the meter's own work).
+std::size_t find_eol(const char* p, std::size_t i, std::size_t n) {
+    const auto* lf = static_cast<const char*>(std::memchr(p + i, '\n', n - i));
+    const std::size_t end = lf ? static_cast<std::size_t>(lf - p) : n;
+    const auto* cr = static_cast<const char*>(std::memchr(p + i, '\r', end - i));
+    return cr ? static_cast<std::size_t>(cr - p) : end;
+}
 
 // Finds the usage in one JSON document: the top-level "usage" object, or
 // "response"."usage" (Responses API events and envelopes). Also notes whether
@@ -73,18 +84,35 @@ struct JsonUsageScanner::Impl {
     UsageCollector collector_;
 };
 
-JsonUsageScanner::JsonUsageScanner() : impl_(std::make_unique<Impl>()) {}
-JsonUsageScanner::~JsonUsageScanner() = default;
-JsonUsageScanner::JsonUsageScanner(JsonUsageScanner&&) noexcept = default;
-JsonUsageScanner& JsonUsageScanner::operator=(JsonUsageScanner&&) noexcept = default;
+// Impl lives in storage_ (no allocation per scanner); a moved-from scanner
+// keeps a valid Impl, as any other.
+JsonUsageScanner::Impl& JsonUsageScanner::impl() noexcept { return *std::launder(reinterpret_cast<Impl*>(storage_)); }
+const JsonUsageScanner::Impl& JsonUsageScanner::impl() const noexcept {
+    return *std::launder(reinterpret_cast<const Impl*>(storage_));
+}
 
-void JsonUsageScanner::feed(std::string_view chunk) { impl_->scanner_.feed(chunk, impl_->collector_); }
+JsonUsageScanner::JsonUsageScanner() {
+    static_assert(sizeof(Impl) <= kImplSize, "raise JsonUsageScanner::kImplSize");
+    static_assert(alignof(Impl) <= alignof(JsonUsageScanner));
+    static_assert(std::is_nothrow_move_constructible_v<Impl> && std::is_nothrow_move_assignable_v<Impl>);
+    ::new (static_cast<void*>(storage_)) Impl();
+}
+JsonUsageScanner::~JsonUsageScanner() { impl().~Impl(); }
+JsonUsageScanner::JsonUsageScanner(JsonUsageScanner&& other) noexcept {
+    ::new (static_cast<void*>(storage_)) Impl(std::move(other.impl()));
+}
+JsonUsageScanner& JsonUsageScanner::operator=(JsonUsageScanner&& other) noexcept {
+    impl() = std::move(other.impl());
+    return *this;
+}
 
-Usage JsonUsageScanner::result() const { return impl_->collector_.last(); }
+void JsonUsageScanner::feed(std::string_view chunk) { impl().scanner_.feed(chunk, impl().collector_); }
+
+Usage JsonUsageScanner::result() const { return impl().collector_.last(); }
 
 void JsonUsageScanner::reset() {
-    impl_->scanner_.reset();
-    impl_->collector_.reset();
+    impl().scanner_.reset();
+    impl().collector_.reset();
 }
 
 // ---------------------------------------------------------------------------
@@ -132,7 +160,7 @@ struct StreamMeter::Impl {
     static constexpr std::size_t kKeepCapacity = 64 * 1024;
     static constexpr std::size_t kDataHead = 16;
 
-    const bool strip_;
+    bool strip_; // not const: Impl is move-assigned in place
 
     // Line parser.
     Line line_ = Line::start;
@@ -226,15 +254,14 @@ void StreamMeter::Impl::feed(std::string_view chunk, std::string& out) {
             break;
 
         case Line::data: {
-            std::size_t j = i;
-            while (j < n && p[j] != '\r' && p[j] != '\n') ++j;
+            const std::size_t j = find_eol(p, i, n);
             add_data(p + i, j - i);
             i = j;
             break;
         }
 
         case Line::skip:
-            while (i < n && p[i] != '\r' && p[i] != '\n') ++i;
+            i = find_eol(p, i, n);
             break;
         }
     }
@@ -354,16 +381,31 @@ void StreamMeter::Impl::finish(std::string& out) {
     drop_lf_ = false;
 }
 
-StreamMeter::StreamMeter(bool strip_usage_only) : impl_(std::make_unique<Impl>(strip_usage_only)) {}
-StreamMeter::~StreamMeter() = default;
-StreamMeter::StreamMeter(StreamMeter&&) noexcept = default;
-StreamMeter& StreamMeter::operator=(StreamMeter&&) noexcept = default;
+StreamMeter::Impl& StreamMeter::impl() noexcept { return *std::launder(reinterpret_cast<Impl*>(storage_)); }
+const StreamMeter::Impl& StreamMeter::impl() const noexcept {
+    return *std::launder(reinterpret_cast<const Impl*>(storage_));
+}
 
-void StreamMeter::feed(std::string_view chunk, std::string& out) { impl_->feed(chunk, out); }
-void StreamMeter::finish(std::string& out) { impl_->finish(out); }
-Usage StreamMeter::usage() const { return impl_->usage_; }
-bool StreamMeter::saw_done() const { return impl_->saw_done_; }
-bool StreamMeter::saw_content() const { return impl_->saw_content_; }
-std::uint64_t StreamMeter::events() const { return impl_->events_; }
+StreamMeter::StreamMeter(bool strip_usage_only) {
+    static_assert(sizeof(Impl) <= kImplSize, "raise StreamMeter::kImplSize");
+    static_assert(alignof(Impl) <= alignof(StreamMeter));
+    static_assert(std::is_nothrow_move_constructible_v<Impl> && std::is_nothrow_move_assignable_v<Impl>);
+    ::new (static_cast<void*>(storage_)) Impl(strip_usage_only);
+}
+StreamMeter::~StreamMeter() { impl().~Impl(); }
+StreamMeter::StreamMeter(StreamMeter&& other) noexcept {
+    ::new (static_cast<void*>(storage_)) Impl(std::move(other.impl()));
+}
+StreamMeter& StreamMeter::operator=(StreamMeter&& other) noexcept {
+    impl() = std::move(other.impl());
+    return *this;
+}
+
+void StreamMeter::feed(std::string_view chunk, std::string& out) { impl().feed(chunk, out); }
+void StreamMeter::finish(std::string& out) { impl().finish(out); }
+Usage StreamMeter::usage() const { return impl().usage_; }
+bool StreamMeter::saw_done() const { return impl().saw_done_; }
+bool StreamMeter::saw_content() const { return impl().saw_content_; }
+std::uint64_t StreamMeter::events() const { return impl().events_; }
 
 } // namespace relaymeter::usage

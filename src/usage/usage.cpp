@@ -134,9 +134,9 @@ public:
             }
             std::string_view raw = v.text.substr(1); // drop the opening quote
             if (!v.truncated) raw.remove_suffix(1);  // and the closing one
-            std::string decoded;
-            detail::decode_json_string(raw, decoded, kMaxModelName);
-            info_.model = sanitize_model(decoded);
+            std::array<char, kMaxModelName> decoded;
+            const std::size_t len = detail::decode_json_string(raw, decoded.data(), decoded.size());
+            info_.model = sanitize_model({decoded.data(), len});
         } else if (v.depth == 1 && v.key == "stream") {
             info_.stream = v.text == "true";
         } else if (v.depth == 2 && v.key == "include_usage") {

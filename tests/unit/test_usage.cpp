@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include <cstdint>
+#include <cstdio>
 #include <random>
 #include <string>
 #include <string_view>
@@ -573,6 +574,48 @@ TEST_CASE("usage: scanner usage null, missing, odd and not JSON", "[usage]") {
     // Usage before a syntax error is still counted; after garbage, nothing is read.
     CHECK(scan_whole(R"({"usage":{"prompt_tokens":4}} trailing)") == make_usage(4, 0));
     CHECK_FALSE(scan_whole(R"({"a" 1, "usage":{"prompt_tokens":4}})").present);
+}
+
+TEST_CASE("usage: scanner keys in their fixed buffers at every split", "[usage]") {
+    // Escaped keys at two walked depths: decoding the inner key must not touch
+    // the outer one, which names the object when it closes.
+    check_every_split(R"({"\u0072esponse":{"id":"r","us\u0061ge":{"input_tokens":3,"output_tokens":4}}})",
+                      make_usage(3, 4));
+    check_every_split(R"({"usage":{"prompt_tokens_detail\u0073":{"cached_tokens":2},"prompt_tokens":5}})",
+                      make_usage(5, 0, 2, 0));
+    // Keys of 64 and 65 raw bytes (plain and escaped) before the real one.
+    for (const std::size_t len : {63, 64, 65}) {
+        const std::string plain = "usage" + std::string(len - 5, 'x');
+        const std::string escaped = "\\u0075sage" + std::string(len - 10, 'x');
+        for (const std::string& key : {plain, escaped})
+            check_every_split("{\"" + key + "\":{\"prompt_tokens\":1},\"usage\":{\"prompt_tokens\":9}}",
+                              make_usage(9, 0));
+    }
+    // A count captured across chunks (copied) and within one chunk (a view).
+    check_every_split(R"({"usage":{"prompt_tokens":123456789012,"completion_tokens":1.0e1}})",
+                      make_usage(123456789012ULL, 10));
+}
+
+TEST_CASE("usage: inspect_request reads keys up to 64 raw bytes", "[usage]") {
+    // "stream_options" (14 bytes) with its first n characters \u-escaped is
+    // 14 + 5n raw bytes: n = 10 gives 64 (read), n = 11 gives 69 (too long).
+    const auto key = [](std::size_t n) {
+        const std::string name = "stream_options";
+        std::string k;
+        for (std::size_t i = 0; i < name.size(); ++i) {
+            if (i < n) {
+                char buf[8];
+                std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(name[i]));
+                k += buf;
+            } else {
+                k += name[i];
+            }
+        }
+        return k;
+    };
+    REQUIRE(key(10).size() == 64);
+    CHECK(inspect_request("{\"" + key(10) + "\":{\"include_usage\":true},\"stream\":true}").include_usage);
+    CHECK_FALSE(inspect_request("{\"" + key(11) + "\":{\"include_usage\":true},\"stream\":true}").include_usage);
 }
 
 TEST_CASE("usage: scanner ignores a usage object over its capture limit", "[usage]") {

@@ -2,8 +2,8 @@
 // No sockets, no networking headers: unit-tested directly.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
-#include <memory>
 #include <string>
 #include <string_view>
 
@@ -73,8 +73,13 @@ public:
     void reset();
 
 private:
-    struct Impl; // private state is the usage module's business (bounded, no DOM)
-    std::unique_ptr<Impl> impl_;
+    // Private state is the usage module's business (bounded, no DOM). It lives
+    // in place, not on the heap: stream_meter.cpp checks that it fits.
+    struct Impl;
+    static constexpr std::size_t kImplSize = 576;
+    Impl& impl() noexcept;
+    const Impl& impl() const noexcept;
+    alignas(8) std::byte storage_[kImplSize];
 };
 
 // Meter for an upstream `text/event-stream` body. Fed raw bytes split at any
@@ -112,8 +117,11 @@ public:
     std::uint64_t events() const; // data events seen
 
 private:
-    struct Impl;
-    std::unique_ptr<Impl> impl_;
+    struct Impl; // in place, as JsonUsageScanner's
+    static constexpr std::size_t kImplSize = 736;
+    Impl& impl() noexcept;
+    const Impl& impl() const noexcept;
+    alignas(8) std::byte storage_[kImplSize];
 };
 
 } // namespace relaymeter::usage
