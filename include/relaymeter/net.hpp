@@ -21,7 +21,16 @@ namespace ssl = boost::asio::ssl;
 using tcp = boost::asio::ip::tcp;
 using boost::system::error_code;
 
+// Every worker runs one io_context on one thread, so the networking code uses
+// its concrete executor type rather than the type-erased any_io_executor
+// (whose copies and moves in every operation and handler were 4-8% of the
+// instructions per request).
+using executor = asio::io_context::executor_type;
 template <class T>
-using awaitable = asio::awaitable<T>;
-inline constexpr auto use_awaitable = asio::use_awaitable;
+using awaitable = asio::awaitable<T, executor>;
+inline constexpr asio::use_awaitable_t<executor> use_awaitable{};
+using tcp_socket = tcp::socket::rebind_executor<executor>::other;
+using tcp_acceptor = tcp::acceptor::rebind_executor<executor>::other;
+using tcp_stream = beast::basic_stream<tcp, executor>;
+using steady_timer = asio::steady_timer::rebind_executor<executor>::other;
 } // namespace relaymeter

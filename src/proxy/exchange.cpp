@@ -1,6 +1,7 @@
 #include "relaymeter/proxy/exchange.hpp"
 
 #include <array>
+#include <charconv>
 #include <cstdio>
 #include <limits>
 #include <mutex>
@@ -22,28 +23,85 @@ namespace relaymeter::proxy {
 
 namespace {
 
-bool iequals(std::string_view a, std::string_view b) { return beast::iequals(a, b); }
-
-// Hop-by-hop headers are dropped in both directions (RFC 9110 7.6.1).
-template <bool isRequest>
-void erase_hop_by_hop(http::header<isRequest, http::fields>& h) {
-    // Connection may name further hop-by-hop headers.
-    std::vector<std::string> named;
-    for (auto [it, end] = h.equal_range(http::field::connection); it != end; ++it) {
-        for (auto const& name : http::token_list{it->value()}) {
-            if (!iequals(name, "close") && !iequals(name, "keep-alive")) named.emplace_back(name);
-        }
+// True for the fields that are hop-by-hop in either direction (RFC 9110
+// 7.6.1), besides those a Connection header names.
+bool hop_by_hop(http::field f, std::string_view name) {
+    switch (f) {
+    case http::field::connection:
+    case http::field::keep_alive:
+    case http::field::proxy_authenticate:
+    case http::field::proxy_authorization:
+    case http::field::te:
+    case http::field::trailer:
+    case http::field::transfer_encoding:
+    case http::field::upgrade:
+        return true;
+    case http::field::unknown:
+        return beast::iequals(name, "proxy-connection");
+    default:
+        return false;
     }
-    for (const auto& name : named) h.erase(name);
-    h.erase(http::field::connection);
-    h.erase(http::field::keep_alive);
-    h.erase(http::field::proxy_authorization);
-    h.erase(http::field::proxy_authenticate);
-    h.erase("Proxy-Connection");
-    h.erase(http::field::te);
-    h.erase(http::field::trailer);
-    h.erase(http::field::transfer_encoding);
-    h.erase(http::field::upgrade);
+}
+
+// The field names a Connection header lists (besides close and keep-alive):
+// hop-by-hop too. Rare, so only looked at when a Connection header is there.
+template <class Fields>
+bool named_by_connection(const Fields& fields, std::string_view name) {
+    for (auto const& f : fields) {
+        if (f.name() != http::field::connection) continue;
+        for (auto const& token : http::token_list{f.value()})
+            if (beast::iequals(token, name)) return true;
+    }
+    return false;
+}
+
+// The request head as sent upstream, serialized from the client's head
+// without changing it: the target under upstream.base_path, the client's
+// fields less the hop-by-hop ones and those relaymeter sets itself (Host,
+// Content-Length, X-Request-Id; Expect, since the body is in hand;
+// Accept-Encoding, since the usage block must be readable; Authorization when
+// it is replaced or is the client's relaymeter key), then relaymeter's own.
+void build_request_head(std::string& out, const http::request_header<>& req, const config::Config& cfg,
+                        std::string_view host, std::string_view rid, std::size_t body_size) {
+    const bool drop_auth = !cfg.upstream.api_key.empty() || cfg.auth.enabled;
+    const bool has_connection = req.find(http::field::connection) != req.end();
+    out.clear();
+    out.append(req.method_string()).push_back(' ');
+    out.append(cfg.upstream.base_path).append(req.target().substr(3)); // "/v1/x?y" -> base_path + "/x?y"
+    out.append(" HTTP/1.1\r\n");
+    for (auto const& f : req) {
+        const auto name = f.name_string();
+        switch (f.name()) {
+        case http::field::host:
+        case http::field::content_length:
+        case http::field::expect:
+        case http::field::accept_encoding:
+            continue;
+        case http::field::authorization:
+            if (drop_auth) continue;
+            break;
+        case http::field::unknown:
+            if (beast::iequals(name, "x-request-id")) continue;
+            break;
+        default:
+            break;
+        }
+        if (hop_by_hop(f.name(), name)) continue;
+        if (has_connection && named_by_connection(req, name)) continue;
+        out.append(name).append(": ").append(f.value()).append("\r\n");
+    }
+    out.append("Host: ").append(host).append("\r\n");
+    if (!cfg.upstream.api_key.empty()) out.append("Authorization: Bearer ").append(cfg.upstream.api_key).append("\r\n");
+    out.append("X-Request-Id: ").append(rid).append("\r\n");
+    // As Beast's prepare_payload: a length for any body, and for an empty
+    // one with the methods that carry a body.
+    const auto m = req.method();
+    if (body_size > 0 || m == http::verb::post || m == http::verb::put || m == http::verb::options) {
+        char len[24];
+        const auto end = std::to_chars(len, len + sizeof len, body_size).ptr;
+        out.append("Content-Length: ").append(len, end).append("\r\n");
+    }
+    out.append("\r\n");
 }
 
 bool is_completions_path(std::string_view target) {
@@ -81,6 +139,7 @@ struct Meter {
     double ttft_s = -1;
     usage::Usage use;
     std::string upstream_rid;
+    std::string coding_name; // the upstream's Content-Encoding, when it sent one
     std::string_view note; // why relaymeter failed the request, if it did
 
     void finish() {
@@ -108,7 +167,7 @@ struct Meter {
 };
 
 template <class Stream>
-beast::tcp_stream& lowest(Stream& s) {
+tcp_stream& lowest(Stream& s) {
     return beast::get_lowest_layer(s);
 }
 
@@ -117,7 +176,7 @@ beast::tcp_stream& lowest(Stream& s) {
 // and then no completion handler has to go round the scheduler. Returns the
 // bytes written; `ec` is set only for a real error (not would_block).
 template <class Buffers>
-std::size_t write_now(tcp::socket& sock, const Buffers& buffers, error_code& ec) {
+std::size_t write_now(tcp_socket& sock, const Buffers& buffers, error_code& ec) {
     if (!sock.non_blocking()) {
         sock.non_blocking(true, ec);
         if (ec) return 0;
@@ -127,63 +186,82 @@ std::size_t write_now(tcp::socket& sock, const Buffers& buffers, error_code& ec)
     return ec ? 0 : n;
 }
 
-// write_now, then an asynchronous write of whatever is left.
-template <class Buffers>
-awaitable<void> write_all(beast::tcp_stream& stream, const Buffers& buffers, error_code& ec) {
-    const std::size_t total = asio::buffer_size(buffers);
-    const std::size_t n = write_now(stream.socket(), buffers, ec);
-    if (ec || n == total) co_return;
-    beast::buffers_suffix<Buffers> rest(buffers);
-    rest.consume(n);
-    co_await asio::async_write(stream, rest, asio::redirect_error(use_awaitable, ec));
-}
+// Per-exchange scratch from a per-thread free list: the serialized heads, the
+// upstream response's fields and the pieces of body waiting for the client
+// keep their capacity from one exchange to the next, so a warm worker
+// allocates nothing for them.
+struct Scratch {
+    struct Field {
+        http::field name;
+        std::string_view name_string;
+        std::string_view value;
+    };
+    std::string up_head;     // the request head sent upstream
+    std::string client_head; // the response head sent to the client
+    std::string out;         // a stream's bytes after the usage-only chunk is stripped
+    std::vector<Field> fields;            // the upstream response's, while its head is parsed
+    std::vector<std::string_view> pieces; // body bytes parsed, not yet sent
+    std::vector<asio::const_buffer> bufs; // the gather write to the client
+};
 
-// The request head as sent upstream (the fields after rewriting).
-void serialize_request_head(std::string& out, const http::request_header<>& req) {
-    out.clear();
-    out.append(req.method_string()).push_back(' ');
-    out.append(req.target()).append(" HTTP/1.1\r\n");
-    for (auto const& f : req) out.append(f.name_string()).append(": ").append(f.value()).append("\r\n");
-    out.append("\r\n");
-}
+class ScratchLease {
+public:
+    ScratchLease() {
+        auto& fl = free_list();
+        if (fl.empty()) {
+            s_ = std::make_unique<Scratch>();
+        } else {
+            s_ = std::move(fl.back());
+            fl.pop_back();
+        }
+    }
+    ~ScratchLease() {
+        auto& fl = free_list();
+        if (fl.size() >= 64) return;
+        // An unusually large head or stream event is not kept for ever.
+        constexpr std::size_t kKeep = 8 * 1024;
+        for (auto* str : {&s_->up_head, &s_->client_head, &s_->out}) {
+            if (str->capacity() > kKeep) std::string().swap(*str);
+        }
+        fl.push_back(std::move(s_));
+    }
+    ScratchLease(const ScratchLease&) = delete;
+    ScratchLease& operator=(const ScratchLease&) = delete;
+    Scratch* operator->() { return s_.get(); }
+
+private:
+    static std::vector<std::unique_ptr<Scratch>>& free_list() {
+        thread_local std::vector<std::unique_ptr<Scratch>> list;
+        return list;
+    }
+    std::unique_ptr<Scratch> s_;
+};
 
 // The client's response head: the upstream's status and headers less the
 // hop-by-hop ones, plus our request id and the framing chosen for the client.
-void build_head(std::string& out, const http::response_header<>& up, unsigned version, bool keep_length,
-                bool chunked, bool keep_alive, std::string_view rid) {
-    // Headers named by Connection are hop-by-hop too (rare: collected only then).
-    std::vector<std::string_view> named;
-    for (auto [it, end] = up.equal_range(http::field::connection); it != end; ++it)
-        for (auto const& name : http::token_list{it->value()}) named.push_back(name);
-
+void build_head(std::string& out, int status, std::string_view reason, const std::vector<Scratch::Field>& fields,
+                unsigned version, bool keep_length, bool chunked, bool keep_alive, std::string_view rid) {
+    bool has_connection = false;
+    for (auto const& f : fields) has_connection |= f.name == http::field::connection;
+    auto named = [&](std::string_view name) {
+        for (auto const& f : fields) {
+            if (f.name != http::field::connection) continue;
+            for (auto const& token : http::token_list{f.value})
+                if (beast::iequals(token, name)) return true;
+        }
+        return false;
+    };
     out.clear();
     out.append(version >= 11 ? "HTTP/1.1 " : "HTTP/1.0 ");
-    out.append(std::to_string(up.result_int()));
-    out.push_back(' ');
-    out.append(up.reason());
+    char code[16];
+    out.append(code, std::to_chars(code, code + sizeof code, status).ptr).push_back(' ');
+    out.append(reason);
     out.append("\r\n");
-    for (auto const& f : up) {
-        switch (f.name()) {
-        case http::field::connection:
-        case http::field::keep_alive:
-        case http::field::proxy_authenticate:
-        case http::field::proxy_authorization:
-        case http::field::te:
-        case http::field::trailer:
-        case http::field::transfer_encoding:
-        case http::field::upgrade:
-            continue;
-        case http::field::content_length:
-            if (!keep_length) continue;
-            break;
-        default:
-            if (beast::iequals(f.name_string(), "proxy-connection")) continue;
-            break;
-        }
-        bool listed = false;
-        for (auto n : named) listed |= beast::iequals(n, f.name_string());
-        if (listed) continue;
-        out.append(f.name_string()).append(": ").append(f.value()).append("\r\n");
+    for (auto const& f : fields) {
+        if (hop_by_hop(f.name, f.name_string)) continue;
+        if (f.name == http::field::content_length && !keep_length) continue;
+        if (has_connection && named(f.name_string)) continue;
+        out.append(f.name_string).append(": ").append(f.value).append("\r\n");
     }
     out.append("X-Relaymeter-Request-Id: ").append(rid).append("\r\n");
     if (chunked) out.append("Transfer-Encoding: chunked\r\n");
@@ -192,68 +270,166 @@ void build_head(std::string& out, const http::response_header<>& up, unsigned ve
     out.append("\r\n");
 }
 
-// A 16 KiB relay buffer from a per-thread free list: no allocation per
-// exchange once warm, and nothing held by idle connections.
-class RelayBuffer {
+class Exchange;
+
+// Parses the upstream's response in place, in the connection's read buffer:
+// the fields and the body pieces are views into that buffer, handed to the
+// exchange during put() (no header container, no copy of the body).
+class UpstreamParser : public http::basic_parser<false> {
 public:
-    static constexpr std::size_t kSize = 16 * 1024;
-    RelayBuffer() {
-        auto& fl = free_list();
-        if (fl.empty()) {
-            buf_ = std::make_unique<char[]>(kSize);
-        } else {
-            buf_ = std::move(fl.back());
-            fl.pop_back();
-        }
-    }
-    ~RelayBuffer() {
-        auto& fl = free_list();
-        if (fl.size() < 64) fl.push_back(std::move(buf_));
-    }
-    RelayBuffer(const RelayBuffer&) = delete;
-    RelayBuffer& operator=(const RelayBuffer&) = delete;
-    char* data() { return buf_.get(); }
-    static constexpr std::size_t size() { return kSize; }
+    explicit UpstreamParser(Exchange& ex) : ex_(ex) {}
 
 private:
-    static std::vector<std::unique_ptr<char[]>>& free_list() {
-        thread_local std::vector<std::unique_ptr<char[]>> list;
-        return list;
-    }
-    std::unique_ptr<char[]> buf_;
+    void on_request_impl(http::verb, beast::string_view, beast::string_view, int, error_code&) override {}
+    void on_response_impl(int code, beast::string_view reason, int version, error_code& ec) override;
+    void on_field_impl(http::field name, beast::string_view name_string, beast::string_view value,
+                       error_code& ec) override;
+    void on_header_impl(error_code& ec) override;
+    void on_body_init_impl(const boost::optional<std::uint64_t>&, error_code&) override {}
+    std::size_t on_body_impl(beast::string_view body, error_code& ec) override;
+    void on_chunk_header_impl(std::uint64_t, beast::string_view, error_code&) override {}
+    std::size_t on_chunk_body_impl(std::uint64_t, beast::string_view body, error_code& ec) override;
+    void on_finish_impl(error_code&) override {}
+
+    Exchange& ex_;
 };
 
 class Exchange {
 public:
-    Exchange(Context& ctx, beast::tcp_stream& client, Request& req, const Origin& origin)
+    Exchange(Context& ctx, tcp_stream& client, Request& req, const Origin& origin)
         : ctx_(ctx), cfg_(ctx.cfg), client_(client), req_(req), meter_(ctx, origin) {}
 
     awaitable<bool> run();
 
 private:
+    friend class UpstreamParser;
+    enum class Sent { all, pending, failed };
+
     template <class Stream>
     awaitable<void> relay(Stream& up);
     awaitable<void> fail(http::status status, std::string_view code, std::string message);
-    // Writes what the client has not had yet: the response head (first call
-    // only), `data` (chunk-framed when chunked), and the last chunk when
-    // `last`, in one gather write. False when the client went away.
-    awaitable<bool> send(std::string_view data, bool last);
+    // Queues what the client has not had yet: the response head (first call
+    // only), the parsed body pieces or `data` (one chunk when chunked), and
+    // the last chunk when `last`; writes what the socket takes now, without
+    // suspending. `pending`: flush() writes the rest.
+    Sent send_now(bool last);
+    awaitable<bool> flush();
+
+    // UpstreamParser's callbacks (inside put()).
+    void on_head(UpstreamParser& p);
+    void on_body(std::string_view piece);
 
     Context& ctx_;
     const config::Config& cfg_;
-    beast::tcp_stream& client_;
+    tcp_stream& client_;
     Request& req_;
     Meter meter_;
+    ScratchLease scratch_;
     unsigned client_version_ = 11;
     bool client_keep_alive_ = true;
     bool strip_ = false;
     bool chunked_out_ = false;
     bool reusable_ = false;
     bool head_sent_ = false;
+    bool head_ready_ = false;
+    bool body_expected_ = false;
     bool client_timed_out_ = false; // a write to the client hit its deadline
-    std::string head_; // the client's response head, serialized
+    bool upstream_keep_alive_ = false;
+    int status_ = 0;
+    unsigned up_version_ = 11;
+    std::string_view reason_;
+    usage::ContentCoding coding_ = usage::ContentCoding::identity;
+    char size_line_[24] = {};
+    std::size_t queued_ = 0;  // bytes in scratch_->bufs
+    std::size_t written_ = 0; // of which already written
+    // Only the scanner this body needs.
+    std::optional<usage::JsonUsageScanner> json_;
+    std::optional<usage::StreamMeter> stream_;
+    std::optional<usage::EncodedBodyMeter> coded_;
     upstream::Connection* conn_ = nullptr;
 };
+
+void UpstreamParser::on_response_impl(int code, beast::string_view reason, int version, error_code&) {
+    ex_.status_ = code;
+    ex_.reason_ = reason;
+    ex_.up_version_ = static_cast<unsigned>(version);
+    ex_.scratch_->fields.clear();
+}
+
+void UpstreamParser::on_field_impl(http::field name, beast::string_view name_string, beast::string_view value,
+                                   error_code&) {
+    ex_.scratch_->fields.push_back({name, name_string, value});
+}
+
+void UpstreamParser::on_header_impl(error_code&) { ex_.on_head(*this); }
+
+std::size_t UpstreamParser::on_body_impl(beast::string_view body, error_code&) {
+    ex_.on_body(body);
+    return body.size();
+}
+
+std::size_t UpstreamParser::on_chunk_body_impl(std::uint64_t, beast::string_view body, error_code&) {
+    ex_.on_body(body);
+    return body.size();
+}
+
+// The upstream's head is complete (its fields are views valid only now):
+// choose the client's framing, serialize its head, pick the usage scanner.
+void Exchange::on_head(UpstreamParser& p) {
+    auto& sc = *scratch_.operator->();
+    meter_.status = status_;
+    bool sse = false;
+    for (auto const& f : sc.fields) {
+        if (f.name == http::field::content_type) {
+            sse = beast::iequals(f.value.substr(0, 17), "text/event-stream");
+        } else if (f.name == http::field::content_encoding) {
+            coding_ = usage::content_coding(f.value);
+            meter_.coding_name.assign(usage::sanitize_model(f.value.substr(0, 32)));
+        } else if (f.name == http::field::unknown && beast::iequals(f.name_string, "x-request-id")) {
+            meter_.upstream_rid.assign(f.value.substr(0, 128));
+        }
+    }
+    meter_.streamed = sse;
+    upstream_keep_alive_ = p.keep_alive();
+    // The upstream compressed although it was not asked to: the client gets
+    // the coded bytes unchanged (nothing can be stripped from them) and the
+    // usage is read from a copy inflated on the side.
+    if (coding_ != usage::ContentCoding::identity) strip_ = false;
+
+    // Framing towards the client: the upstream's Content-Length when the bytes
+    // are relayed unchanged, chunked otherwise (close-delimited for HTTP/1.0).
+    body_expected_ = !p.is_done();
+    bool keep_length = true;
+    if (body_expected_ && (strip_ || !p.content_length())) {
+        keep_length = false;
+        if (client_version_ >= 11)
+            chunked_out_ = true;
+        else
+            client_keep_alive_ = false;
+    }
+    build_head(sc.client_head, status_, reason_, sc.fields, client_version_, keep_length, chunked_out_,
+               client_keep_alive_, meter_.rid);
+    if (coding_ != usage::ContentCoding::identity)
+        coded_.emplace(coding_, sse);
+    else if (sse)
+        stream_.emplace(strip_);
+    else
+        json_.emplace();
+    head_ready_ = true;
+}
+
+void Exchange::on_body(std::string_view piece) {
+    if (piece.empty()) return;
+    if (stream_) {
+        stream_->feed(piece, scratch_->out); // what to send is collected in `out`
+        return;
+    }
+    if (coded_)
+        coded_->feed(piece);
+    else
+        json_->feed(piece);
+    scratch_->pieces.push_back(piece);
+}
 
 awaitable<void> Exchange::fail(http::status status, std::string_view code, std::string message) {
     meter_.status = static_cast<int>(status);
@@ -269,39 +445,52 @@ awaitable<void> Exchange::fail(http::status status, std::string_view code, std::
     }
 }
 
-awaitable<bool> Exchange::send(std::string_view data, bool last) {
-    std::array<asio::const_buffer, 5> bufs;
-    std::size_t n = 0;
-    if (!head_sent_) bufs[n++] = asio::buffer(head_);
-    char size_line[24];
-    if (!data.empty()) {
-        if (chunked_out_) {
-            const int len = std::snprintf(size_line, sizeof size_line, "%zx\r\n", data.size());
-            bufs[n++] = asio::buffer(size_line, static_cast<std::size_t>(len));
-            bufs[n++] = asio::buffer(data);
-            bufs[n++] = asio::buffer("\r\n", 2);
-        } else {
-            bufs[n++] = asio::buffer(data);
+Exchange::Sent Exchange::send_now(bool last) {
+    auto& sc = *scratch_.operator->();
+    auto& bufs = sc.bufs;
+    bufs.clear();
+    if (!head_sent_) bufs.push_back(asio::buffer(sc.client_head));
+    std::size_t body = 0;
+    if (stream_) {
+        if (!sc.out.empty()) {
+            sc.pieces.clear();
+            sc.pieces.push_back(sc.out);
         }
     }
-    if (last && chunked_out_) bufs[n++] = asio::buffer("0\r\n\r\n", 5);
-    if (n == 0) co_return true;
-    head_sent_ = true;
-    error_code ec;
-    const std::span<const asio::const_buffer> all(bufs.data(), n);
-    const std::size_t total = asio::buffer_size(all);
-    const std::size_t done = write_now(client_.socket(), all, ec);
-    if (!ec && done < total) {
-        // The client takes the bytes slower than they come. Each wait for it
-        // is bounded (a stream's by streaming.idle_timeout_s): a client that
-        // stops reading is dropped, never buffered for, while one that reads
-        // on keeps its response (the upstream side has its own deadline).
-        client_.expires_after(seconds(meter_.streamed ? cfg_.streaming.idle_timeout_s : cfg_.upstream.request_timeout_s));
-        beast::buffers_suffix<std::span<const asio::const_buffer>> rest(all);
-        rest.consume(done);
-        co_await asio::async_write(client_, rest, asio::redirect_error(use_awaitable, ec));
-        if (ec == beast::error::timeout) client_timed_out_ = true;
+    for (auto piece : sc.pieces) body += piece.size();
+    if (body > 0) {
+        if (chunked_out_) {
+            char* end = std::to_chars(size_line_, size_line_ + sizeof size_line_ - 2, body, 16).ptr;
+            *end++ = '\r';
+            *end++ = '\n';
+            bufs.push_back(asio::buffer(size_line_, static_cast<std::size_t>(end - size_line_)));
+        }
+        for (auto piece : sc.pieces)
+            if (!piece.empty()) bufs.push_back(asio::buffer(piece));
+        if (chunked_out_) bufs.push_back(asio::buffer("\r\n", 2));
     }
+    if (last && chunked_out_) bufs.push_back(asio::buffer("0\r\n\r\n", 5));
+    if (bufs.empty()) return Sent::all;
+    head_sent_ = true;
+    queued_ = asio::buffer_size(bufs);
+    error_code ec;
+    written_ = write_now(client_.socket(), bufs, ec);
+    if (ec) return Sent::failed;
+    return written_ == queued_ ? Sent::all : Sent::pending;
+}
+
+awaitable<bool> Exchange::flush() {
+    // The client takes the bytes slower than they come. Each wait for it is
+    // bounded (a stream's by streaming.idle_timeout_s): a client that stops
+    // reading is dropped, never buffered for, while one that reads on keeps
+    // its response (the upstream side has its own deadline).
+    client_.expires_after(seconds(meter_.streamed ? cfg_.streaming.idle_timeout_s : cfg_.upstream.request_timeout_s));
+    beast::buffers_suffix<std::span<const asio::const_buffer>> rest(
+        std::span<const asio::const_buffer>(scratch_->bufs.data(), scratch_->bufs.size()));
+    rest.consume(written_);
+    error_code ec;
+    co_await asio::async_write(client_, rest, asio::redirect_error(use_awaitable, ec));
+    if (ec == beast::error::timeout) client_timed_out_ = true;
     co_return !ec;
 }
 
@@ -321,30 +510,15 @@ awaitable<bool> Exchange::run() {
             strip_ = true;
         }
     }
-
-    // Rewrite the request for the upstream.
-    const std::string_view target = req_.target();
-    std::string up_target;
-    up_target.reserve(cfg_.upstream.base_path.size() + target.size());
-    up_target.append(cfg_.upstream.base_path).append(target.substr(3)); // "/v1/x?y" -> base_path + "/x?y"
-    req_.target(up_target);
-    erase_hop_by_hop(req_.base());
-    req_.erase(http::field::expect);
-    // Identity encoding: the usage block must be readable in the response.
-    req_.erase(http::field::accept_encoding);
-    req_.set(http::field::host, ctx_.host_header);
-    if (!cfg_.upstream.api_key.empty()) {
-        req_.set(http::field::authorization, "Bearer " + cfg_.upstream.api_key);
-    } else if (cfg_.auth.enabled) {
-        req_.erase(http::field::authorization); // the client's relaymeter key is not the upstream's
-    }
-    req_.set("X-Request-Id", meter_.rid);
-    req_.version(11);
-    req_.keep_alive(true);
-    req_.prepare_payload();
+    // The request for the upstream (the client's head is left as it is).
+    build_request_head(scratch_->up_head, req_.base(), cfg_, ctx_.host_header, meter_.rid, req_.body().size());
 
     const auto deadline = meter_.arrival + seconds(cfg_.upstream.request_timeout_s);
-    auto lease = co_await ctx_.pool.acquire(deadline);
+    // Under load an idle pooled connection is there: taken without a frame.
+    upstream::Lease lease;
+    lease.conn = ctx_.pool.take_idle();
+    lease.reused = true;
+    if (!lease.conn) lease = co_await ctx_.pool.acquire(deadline);
     if (!lease.conn) {
         using E = upstream::ConnectError;
         if (lease.error == E::timeout || lease.error == E::pool_timeout) {
@@ -361,7 +535,10 @@ awaitable<bool> Exchange::run() {
     }
 
     conn_ = lease.conn.get();
-    co_await std::visit([this](auto& s) { return relay(s); }, lease.conn->stream());
+    if (auto* plain = std::get_if<tcp_stream>(&lease.conn->stream()))
+        co_await relay(*plain);
+    else
+        co_await relay(std::get<upstream::tls_stream>(lease.conn->stream()));
     ctx_.pool.release(std::move(lease.conn), reusable_);
     meter_.finish();
     co_return client_keep_alive_;
@@ -369,18 +546,22 @@ awaitable<bool> Exchange::run() {
 
 template <class Stream>
 awaitable<void> Exchange::relay(Stream& up) {
+    constexpr bool plain = std::is_same_v<Stream, tcp_stream>;
     error_code ec;
     const auto deadline = meter_.arrival + seconds(cfg_.upstream.request_timeout_s);
     auto& up_tcp = lowest(up);
+    auto& sc = *scratch_.operator->();
 
     up_tcp.expires_at(deadline);
-    if constexpr (std::is_same_v<Stream, beast::tcp_stream>) {
-        std::string head;
-        serialize_request_head(head, req_.base());
-        const std::array<asio::const_buffer, 2> bufs{asio::buffer(head), asio::buffer(req_.body())};
-        co_await write_all(up, bufs, ec);
-    } else {
-        co_await http::async_write(up, req_, asio::redirect_error(use_awaitable, ec));
+    {
+        const std::array<asio::const_buffer, 2> bufs{asio::buffer(sc.up_head), asio::buffer(req_.body())};
+        std::size_t done = 0;
+        if constexpr (plain) done = write_now(up_tcp.socket(), bufs, ec);
+        if (!ec && done < asio::buffer_size(bufs)) {
+            beast::buffers_suffix<std::array<asio::const_buffer, 2>> rest(bufs);
+            rest.consume(done);
+            co_await asio::async_write(up, rest, asio::redirect_error(use_awaitable, ec));
+        }
     }
     if (ec) {
         // Some bytes may have reached the upstream: never retried.
@@ -391,102 +572,94 @@ awaitable<void> Exchange::relay(Stream& up) {
         co_return;
     }
 
-    http::response_parser<http::buffer_body> parser;
+    UpstreamParser parser(*this);
     // Not boost::none: Beast 1.74 compares a Content-Length against an empty
     // optional as "over the limit" (basic_parser.ipp, finish_header).
     parser.body_limit(std::numeric_limits<std::uint64_t>::max());
     parser.header_limit(64 * 1024);
+    parser.eager(true);
     if (req_.method() == http::verb::head) parser.skip(true);
-    co_await http::async_read_header(up, conn_->buffer(), parser, asio::redirect_error(use_awaitable, ec));
-    if (ec) {
-        if (ec == beast::error::timeout)
-            co_await fail(http::status::gateway_timeout, "upstream_timeout",
-                          "upstream did not answer within upstream.request_timeout_s");
-        else
-            co_await fail(http::status::bad_gateway, "upstream_bad_response", "reading the upstream response failed: " + ec.message());
-        co_return;
-    }
 
-    auto& ures = parser.get();
-    meter_.status = ures.result_int();
-    if (auto it = ures.find("x-request-id"); it != ures.end()) meter_.upstream_rid = std::string(it->value().substr(0, 128));
-    const bool sse = beast::iequals(ures[http::field::content_type].substr(0, 17), "text/event-stream");
-    meter_.streamed = sse;
-    const bool upstream_keep_alive = ures.keep_alive();
-    // The upstream compressed although it was not asked to: the client gets
-    // the coded bytes unchanged (nothing can be stripped from them) and the
-    // usage is read from a copy inflated on the side.
-    auto coding = usage::ContentCoding::identity;
-    if (auto it = ures.find(http::field::content_encoding); it != ures.end()) {
-        coding = usage::content_coding(it->value());
-        if (coding != usage::ContentCoding::identity) strip_ = false;
-    }
-
-    // Framing towards the client: the upstream's Content-Length when the bytes
-    // are relayed unchanged, chunked otherwise (close-delimited for HTTP/1.0).
-    const bool body_expected = !parser.is_done();
-    bool keep_length = true;
-    if (body_expected && (strip_ || !ures.has_content_length())) {
-        keep_length = false;
-        if (client_version_ >= 11)
-            chunked_out_ = true;
-        else
-            client_keep_alive_ = false;
-    }
-    build_head(head_, ures, client_version_, keep_length, chunked_out_, client_keep_alive_, meter_.rid);
-
-    // Only the scanner this body needs (each allocates its state).
-    std::optional<usage::JsonUsageScanner> json;
-    std::optional<usage::StreamMeter> stream;
-    std::optional<usage::EncodedBodyMeter> coded;
-    if (coding != usage::ContentCoding::identity)
-        coded.emplace(coding, sse);
-    else if (sse)
-        stream.emplace(strip_);
-    else
-        json.emplace();
-    std::string out;
-    RelayBuffer buf;
+    auto& ubuf = conn_->buffer();
     const auto stream_deadline = cfg_.streaming.total_timeout_s > 0
                                      ? meter_.arrival + seconds(cfg_.streaming.total_timeout_s)
                                      : clock::time_point::max();
     bool client_ok = true;
-    error_code up_ec;
-    if (!body_expected) client_ok = co_await send({}, true);
-    while (client_ok && !parser.is_done()) {
-        parser.get().body().data = buf.data();
-        parser.get().body().size = buf.size();
-        if (sse) up_tcp.expires_at(std::min(clock::now() + seconds(cfg_.streaming.idle_timeout_s), stream_deadline));
-        co_await http::async_read_some(up, conn_->buffer(), parser, asio::redirect_error(use_awaitable, up_ec));
-        if (up_ec == http::error::need_buffer) up_ec = {};
-        if (up_ec) break;
-        const std::size_t n = buf.size() - parser.get().body().size;
-        const bool last = parser.is_done();
-        std::string_view data(buf.data(), n);
-        if (coded) {
-            coded->feed(data);
-            if (last) coded->finish();
-        } else if (sse) {
-            out.clear();
-            stream->feed(data, out);
-            if (last) stream->finish(out);
-            data = out;
+    error_code up_ec; // the upstream failed (reading or a malformed response)
+    bool bad_head = false;
+    for (;;) {
+        // Parse what is buffered; body pieces are views into ubuf, valid
+        // until the next read.
+        sc.pieces.clear();
+        sc.out.clear();
+        while (ubuf.size() > 0 && !parser.is_done()) {
+            const std::size_t n = parser.put(ubuf.data(), up_ec);
+            ubuf.consume(n);
+            if (up_ec == http::error::need_more) {
+                up_ec = {};
+                break;
+            }
+            if (up_ec || n == 0) break;
+        }
+        if (up_ec && !head_ready_) {
+            bad_head = true;
+            break;
+        }
+        // (A body that turns malformed still gets the bytes parsed before the
+        // fault: the client sees the head and those, then the cut.)
+        if (head_ready_) {
+            const bool last = parser.is_done();
+            if (last) {
+                if (coded_) coded_->finish();
+                if (stream_) stream_->finish(sc.out);
+            }
+            // The head goes with the first body bytes (one write for a small
+            // response), or alone when there is no body.
+            if (last || (stream_ ? !sc.out.empty() : !sc.pieces.empty())) {
+                const Sent sent = send_now(last);
+                client_ok = sent != Sent::failed;
+                if (sent == Sent::pending) client_ok = co_await flush();
+                if (client_ok && meter_.streamed && meter_.ttft_s < 0 &&
+                    (coded_ ? coded_->saw_content() : stream_ ? stream_->saw_content() : false))
+                    meter_.ttft_s = since(meter_.arrival);
+            }
+            if (!client_ok || last || up_ec) break;
+        }
+        // Read more: straight away when bytes are there, else wait for them.
+        if (meter_.streamed && head_ready_)
+            up_tcp.expires_at(std::min(clock::now() + seconds(cfg_.streaming.idle_timeout_s), stream_deadline));
+        const auto space = ubuf.prepare(std::max<std::size_t>(ubuf.capacity() - ubuf.size(), 4096));
+        std::size_t n = 0;
+        if constexpr (plain) {
+            n = up_tcp.socket().read_some(space, up_ec);
+            if (up_ec == asio::error::would_block || up_ec == asio::error::try_again) {
+                up_ec = {};
+                n = co_await up.async_read_some(space, asio::redirect_error(use_awaitable, up_ec));
+            }
         } else {
-            json->feed(data);
+            n = co_await up.async_read_some(space, asio::redirect_error(use_awaitable, up_ec));
         }
-        if (!data.empty() || last) {
-            client_ok = co_await send(data, last);
-            if (client_ok && sse && meter_.ttft_s < 0 && (coded ? coded->saw_content() : stream->saw_content()))
-                meter_.ttft_s = since(meter_.arrival);
+        ubuf.commit(n);
+        if (up_ec == asio::error::eof || (!plain && up_ec == ssl::error::stream_truncated)) {
+            // The end of a close-delimited body, or a cut-off response.
+            if (head_ready_ && parser.need_eof()) {
+                up_ec = {};
+                parser.put_eof(up_ec);
+                if (!up_ec) continue; // done: the last send
+            } else {
+                up_ec = parser.got_some() ? error_code(http::error::partial_message)
+                                          : error_code(http::error::end_of_stream);
+            }
         }
+        if (up_ec) break;
     }
-    meter_.use = coded ? coded->usage() : sse ? stream->usage() : json->result();
-    if (coded && !coded->problem().empty()) {
+    if (json_ || stream_ || coded_)
+        meter_.use = coded_ ? coded_->usage() : stream_ ? stream_->usage() : json_->result();
+    if (coded_ && !coded_->problem().empty()) {
         // Once per response: the bytes were relayed as they came, the usage
         // is what could be read (usually none).
         spdlog::warn("rid={} {}-coded response body not readable ({}): relayed unchanged, usage not metered",
-                     meter_.rid, usage::sanitize_model(ures[http::field::content_encoding].substr(0, 32)),
-                     coded->problem());
+                     meter_.rid, meter_.coding_name, coded_->problem());
     }
 
     if (!client_ok) {
@@ -497,21 +670,41 @@ awaitable<void> Exchange::relay(Stream& up) {
         co_return;
     }
     if (up_ec) {
-        meter_.note = up_ec == beast::error::timeout ? "upstream_timeout_mid_response" : "upstream_failed_mid_response";
-        if (!head_sent_) {
+        if (bad_head || !head_sent_) {
             // Nothing reached the client yet: it gets a proper error.
-            co_await fail(up_ec == beast::error::timeout ? http::status::gateway_timeout : http::status::bad_gateway,
-                          meter_.note, "the upstream failed while sending its response: " + up_ec.message());
+            // (The message is built before co_await: GCC 12 destroys
+            // temporaries of a conditional expression inside a co_await
+            // operand twice.)
+            const bool timeout = up_ec == beast::error::timeout;
+            std::string message;
+            if (timeout && !head_ready_) {
+                meter_.note = "upstream_timeout";
+                message = "upstream did not answer within upstream.request_timeout_s";
+            } else if (!head_ready_) {
+                meter_.note = "upstream_bad_response";
+                message = "reading the upstream response failed: " + up_ec.message();
+            } else {
+                meter_.note = timeout ? "upstream_timeout_mid_response" : "upstream_failed_mid_response";
+                message = "the upstream failed while sending its response: " + up_ec.message();
+            }
+            co_await fail(timeout ? http::status::gateway_timeout : http::status::bad_gateway, meter_.note,
+                          std::move(message));
             co_return;
         }
+        meter_.note = up_ec == beast::error::timeout ? "upstream_timeout_mid_response" : "upstream_failed_mid_response";
         // The client already has its status line: end its response and close.
         meter_.status = 502;
         spdlog::warn("rid={} upstream failed after the response began: {}", meter_.rid, up_ec.message());
         client_keep_alive_ = false;
-        if (chunked_out_) co_await send({}, true);
+        if (chunked_out_) {
+            sc.pieces.clear();
+            sc.out.clear();
+            const Sent sent = send_now(true);
+            if (sent == Sent::pending) co_await flush();
+        }
         co_return;
     }
-    reusable_ = upstream_keep_alive && parser.is_done();
+    reusable_ = upstream_keep_alive_ && parser.is_done();
 }
 
 } // namespace
@@ -555,12 +748,12 @@ http::response<http::string_body> error_response(http::status status, std::strin
     return res;
 }
 
-awaitable<bool> forward(Context& ctx, beast::tcp_stream& client, Request& req, const Origin& origin) {
+awaitable<bool> forward(Context& ctx, tcp_stream& client, Request& req, const Origin& origin) {
     Exchange ex(ctx, client, req, origin);
     co_return co_await ex.run();
 }
 
-awaitable<bool> reject(Context& ctx, beast::tcp_stream& client, http::status status, std::string_view code,
+awaitable<bool> reject(Context& ctx, tcp_stream& client, http::status status, std::string_view code,
                        std::string_view message, unsigned version, bool keep_alive, std::string model,
                        const Origin& origin) {
     Meter m(ctx, origin);

@@ -81,7 +81,7 @@ awaitable<void> Notifier::Impl::deliver(const Target& t, const std::string& body
     std::string why;
     for (int attempt = 1; attempt <= alerts::kMaxAttempts; ++attempt) {
         if (attempt > 1) {
-            asio::steady_timer timer(io, std::chrono::milliseconds(alerts::backoff_ms(attempt - 1)));
+            steady_timer timer(io, std::chrono::milliseconds(alerts::backoff_ms(attempt - 1)));
             error_code ec;
             co_await timer.async_wait(asio::redirect_error(use_awaitable, ec));
         }
@@ -129,7 +129,7 @@ awaitable<int> Notifier::Impl::post_once(const Target& t, const std::string& bod
     http::response_parser<http::string_body> parser;
     parser.body_limit(1024 * 1024);
 
-    beast::tcp_stream stream(io);
+    tcp_stream stream(io);
     stream.expires_after(seconds(t.cfg.timeout_s)); // the whole attempt
     co_await stream.async_connect(results, asio::redirect_error(use_awaitable, ec));
     if (ec) {
@@ -145,7 +145,7 @@ awaitable<int> Notifier::Impl::post_once(const Target& t, const std::string& bod
         // about 4 MiB of resident memory that a daemon without https
         // webhooks need not pay.
         if (!tls) tls = upstream::make_tls_context(config::UpstreamConfig{}); // system trust store, peer verified
-        beast::ssl_stream<beast::tcp_stream> tls_stream(std::move(stream), *tls);
+        beast::ssl_stream<tcp_stream> tls_stream(std::move(stream), *tls);
         if (!SSL_set_tlsext_host_name(tls_stream.native_handle(), t.cfg.host.c_str())) {
             why = "TLS: cannot set SNI";
             co_return 0;

@@ -109,23 +109,27 @@ void Pool::sweep() {
     if (idle_.size() != before) wake_one(); // a waiter may open a fresh connection now
 }
 
+std::unique_ptr<Connection> Pool::take_idle() {
+    if (closed_) return nullptr;
+    const auto now = clock::now();
+    while (!idle_.empty()) {
+        auto conn = std::move(idle_.back());
+        idle_.pop_back();
+        // A connection used moments ago is taken as it is (saves a syscall
+        // per request under load); one idle for longer is checked first.
+        const auto idle = now - conn->idle_since;
+        if (idle < kMaxIdle && (idle < kTrustIdle || conn->looks_alive())) return conn;
+        error_code ec;
+        conn->tcp().socket().close(ec);
+        --open_;
+    }
+    return nullptr;
+}
+
 awaitable<Lease> Pool::acquire(clock::time_point deadline) {
     for (;;) {
         if (closed_) co_return Lease{nullptr, false, ConnectError::stopped, "shutting down"};
-        const auto now = clock::now();
-        while (!idle_.empty()) {
-            auto conn = std::move(idle_.back());
-            idle_.pop_back();
-            // A connection used moments ago is taken as it is (saves a syscall
-            // per request under load); one idle for longer is checked first.
-            const auto idle = now - conn->idle_since;
-            if (idle < kMaxIdle && (idle < kTrustIdle || conn->looks_alive())) {
-                co_return Lease{std::move(conn), true, ConnectError::none, {}};
-            }
-            error_code ec;
-            conn->tcp().socket().close(ec);
-            --open_;
-        }
+        if (auto conn = take_idle()) co_return Lease{std::move(conn), true, ConnectError::none, {}};
         if (open_ < limit_) {
             ++open_;
             Lease lease = co_await connect(deadline);
@@ -136,7 +140,7 @@ awaitable<Lease> Pool::acquire(clock::time_point deadline) {
             co_return lease;
         }
         // At the limit: wait for a release (the timer is cancelled) or the deadline.
-        auto timer = std::make_shared<asio::steady_timer>(io_);
+        auto timer = std::make_shared<steady_timer>(io_);
         timer->expires_at(deadline);
         waiters_.push_back(timer);
         error_code ec;
@@ -164,7 +168,7 @@ awaitable<Lease> Pool::connect(clock::time_point deadline) {
 
     const auto connect_deadline =
         std::min(deadline, now + seconds(cfg_.connect_timeout_s));
-    beast::tcp_stream tcp_s(io_);
+    tcp_stream tcp_s(io_);
     tcp_s.expires_at(connect_deadline);
     co_await tcp_s.async_connect(endpoints_, asio::redirect_error(use_awaitable, ec));
     if (ec) {

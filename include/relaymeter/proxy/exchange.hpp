@@ -44,12 +44,12 @@ http::response<http::string_body> error_response(http::status status, std::strin
 
 // Forward a complete /v1/ request (body read) and write the response to the
 // client. Returns true when the client connection may serve another request.
-awaitable<bool> forward(Context& ctx, beast::tcp_stream& client, Request& req, const Origin& origin);
+awaitable<bool> forward(Context& ctx, tcp_stream& client, Request& req, const Origin& origin);
 
 // Write relaymeter's own error for a /v1/ request and meter it (model from
 // the body when there is one). A client connection already closed (by a
 // deadline) gets nothing and the record keeps `status`; a failed write is 499.
-awaitable<bool> reject(Context& ctx, beast::tcp_stream& client, http::status status, std::string_view code,
+awaitable<bool> reject(Context& ctx, tcp_stream& client, http::status status, std::string_view code,
                        std::string_view message, unsigned version, bool keep_alive, std::string model,
                        const Origin& origin);
 

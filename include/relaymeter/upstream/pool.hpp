@@ -16,11 +16,11 @@
 namespace relaymeter::upstream {
 
 using clock = std::chrono::steady_clock;
-using tls_stream = beast::ssl_stream<beast::tcp_stream>;
+using tls_stream = beast::ssl_stream<tcp_stream>;
 
 class Connection {
 public:
-    using Stream = std::variant<beast::tcp_stream, tls_stream>;
+    using Stream = std::variant<tcp_stream, tls_stream>;
 
     // The read buffer starts at 16 KiB: Beast reads at most the buffer's free
     // capacity (512 bytes at first), which split even small responses into
@@ -28,7 +28,7 @@ public:
     explicit Connection(Stream stream) : stream_(std::move(stream)) { buffer_.reserve(16 * 1024); }
 
     Stream& stream() { return stream_; }
-    beast::tcp_stream& tcp() {
+    tcp_stream& tcp() {
         return stream_.index() == 0 ? std::get<0>(stream_) : beast::get_lowest_layer(std::get<1>(stream_));
     }
     beast::flat_buffer& buffer() { return buffer_; }
@@ -63,6 +63,9 @@ public:
     // with SNI and host-name verification). Waits for a free slot when at the
     // limit, until `deadline`.
     awaitable<Lease> acquire(clock::time_point deadline);
+    // An idle live connection when there is one, without suspending (the
+    // common case under load: no coroutine frame); else null and acquire().
+    std::unique_ptr<Connection> take_idle();
     // Give a connection back. reusable = the exchange ended cleanly with a
     // keep-alive response and nothing left unread; otherwise it is closed.
     void release(std::unique_ptr<Connection> conn, bool reusable);
@@ -89,8 +92,8 @@ private:
     std::size_t open_ = 0;
     bool closed_ = false;
     std::vector<std::unique_ptr<Connection>> idle_; // LIFO: the warmest connection first
-    std::deque<std::shared_ptr<asio::steady_timer>> waiters_;
-    asio::steady_timer sweep_timer_;
+    std::deque<std::shared_ptr<steady_timer>> waiters_;
+    steady_timer sweep_timer_;
     bool sweep_armed_ = false;
     tcp::resolver resolver_;
     std::vector<tcp::endpoint> endpoints_; // cached resolution
