@@ -33,4 +33,24 @@ using tcp_socket = tcp::socket::rebind_executor<executor>::other;
 using tcp_acceptor = tcp::acceptor::rebind_executor<executor>::other;
 using tcp_stream = beast::basic_stream<tcp, executor>;
 using steady_timer = asio::steady_timer::rebind_executor<executor>::other;
+// Whether to read without waiting before reading asynchronously. On a busy
+// worker the bytes are usually there already, and a direct read saves a trip
+// through the scheduler; on a quiet one they are not, and the try is a wasted
+// syscall (Asio makes its own speculative read anyway). One tally per worker
+// thread and purpose: after a miss, the next 8 reads go straight to Asio.
+class DirectReads {
+public:
+    bool worth_trying() {
+        if (credit_ < 0) {
+            ++credit_;
+            return false;
+        }
+        return true;
+    }
+    void result(bool got_bytes) { credit_ = got_bytes ? (credit_ < 16 ? credit_ + 1 : 16) : -8; }
+
+private:
+    int credit_ = 0;
+};
+
 } // namespace relaymeter

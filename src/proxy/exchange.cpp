@@ -630,15 +630,17 @@ awaitable<void> Exchange::relay(Stream& up) {
             up_tcp.expires_at(std::min(clock::now() + seconds(cfg_.streaming.idle_timeout_s), stream_deadline));
         const auto space = ubuf.prepare(std::max<std::size_t>(ubuf.capacity() - ubuf.size(), 4096));
         std::size_t n = 0;
+        bool waited = true;
         if constexpr (plain) {
-            n = up_tcp.socket().read_some(space, up_ec);
-            if (up_ec == asio::error::would_block || up_ec == asio::error::try_again) {
-                up_ec = {};
-                n = co_await up.async_read_some(space, asio::redirect_error(use_awaitable, up_ec));
+            thread_local DirectReads direct;
+            if (up_tcp.socket().non_blocking() && direct.worth_trying()) {
+                n = up_tcp.socket().read_some(space, up_ec);
+                waited = up_ec == asio::error::would_block || up_ec == asio::error::try_again;
+                direct.result(!waited);
+                if (waited) up_ec = {};
             }
-        } else {
-            n = co_await up.async_read_some(space, asio::redirect_error(use_awaitable, up_ec));
         }
+        if (waited) n = co_await up.async_read_some(space, asio::redirect_error(use_awaitable, up_ec));
         ubuf.commit(n);
         if (up_ec == asio::error::eof || (!plain && up_ec == ssl::error::stream_truncated)) {
             // The end of a close-delimited body, or a cut-off response.

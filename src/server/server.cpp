@@ -202,6 +202,7 @@ awaitable<void> Worker::accept_loop() {
 awaitable<void> Worker::session(tcp_socket sock) {
     error_code ec;
     sock.set_option(tcp::no_delay(true), ec);
+    sock.non_blocking(true, ec); // direct reads and writes must never block the worker
     const auto remote = sock.remote_endpoint(ec);
     const bool local_client = !ec && is_loopback(remote.address());
     Session s(std::move(sock));
@@ -214,9 +215,19 @@ awaitable<void> Worker::session(tcp_socket sock) {
         if (buf.size() == 0) {
             // Idle keep-alive: wait for the first byte of the next request.
             s.idle = true;
-            s.stream.expires_after(seconds(cfg.idle_timeout_s));
-            const std::size_t n =
-                co_await s.stream.async_read_some(buf.prepare(4096), asio::redirect_error(use_awaitable, ec));
+            std::size_t n = 0;
+            bool waited = true;
+            thread_local DirectReads direct;
+            if (s.stream.socket().non_blocking() && direct.worth_trying()) {
+                n = s.stream.socket().read_some(buf.prepare(4096), ec);
+                waited = ec == asio::error::would_block || ec == asio::error::try_again;
+                direct.result(!waited);
+                if (waited) ec = {};
+            }
+            if (waited) {
+                s.stream.expires_after(seconds(cfg.idle_timeout_s));
+                n = co_await s.stream.async_read_some(buf.prepare(4096), asio::redirect_error(use_awaitable, ec));
+            }
             s.idle = false;
             if (ec) break; // closed, idle timeout or drained
             buf.commit(n);
