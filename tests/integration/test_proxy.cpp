@@ -373,24 +373,35 @@ std::size_t open_sockets(int pid) {
 } // namespace
 
 TEST_CASE("proxy: pooled upstream connections the upstream closed are let go while idle", "[integration]") {
-    auto up = std::make_unique<fake::FakeUpstream>();
+    // Every answer waits until kClients requests are in, so the pools hold
+    // kClients connections: more per worker than one sweep looks at (16),
+    // the rest are looked at in the sweeps that follow.
+    constexpr int kClients = 48;
+    auto gate = std::make_shared<fake::Gate>();
+    auto answer = fake::openai_handler();
+    auto up = std::make_unique<fake::FakeUpstream>(fake::Options{}, [&](const fake::Request& r) {
+        auto res = answer(r);
+        res.steps.insert(res.steps.begin(), fake::Step{fake::Step::Kind::WaitGate, {}, {}, gate});
+        return res;
+    });
     Daemon d(daemon_yaml(up->base_url()));
     HttpClient probe(d.port());
     REQUIRE(probe.get("/healthz").status == 200);
     const std::size_t baseline = open_sockets(d.pid()); // listeners and the probe's connection
     {
-        // Several connections at once, so that each worker's pool holds some.
         std::vector<std::thread> clients;
-        for (int t = 0; t < 6; ++t) {
+        for (int t = 0; t < kClients; ++t) {
             clients.emplace_back([&] {
                 HttpClient c(d.port());
-                for (int i = 0; i < 5; ++i) CHECK(c.post_json("/v1/chat/completions", chat("gpt-4.1")).status == 200);
+                CHECK(c.post_json("/v1/chat/completions", chat("gpt-4.1")).status == 200);
             });
         }
+        while (up->request_count() < static_cast<std::size_t>(kClients)) REQUIRE(probe.get("/healthz").status == 200);
+        gate->open();
         for (auto& t : clients) t.join();
     }
     wait_idle(d.port());
-    REQUIRE(open_sockets(d.pid()) > baseline); // pooled upstream connections
+    REQUIRE(open_sockets(d.pid()) >= baseline + kClients); // pooled upstream connections
     up.reset(); // the upstream goes away and closes its side of every connection
     // No request arrives: the pool's sweep must still close the half-closed sockets.
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);

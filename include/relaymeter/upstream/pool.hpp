@@ -37,6 +37,7 @@ public:
     bool looks_alive();
 
     clock::time_point idle_since{};
+    std::uint64_t swept_in = 0; // the pool's sweep round that last looked at it
 
 private:
     Stream stream_;
@@ -82,8 +83,9 @@ private:
     // Closes idle connections the peer has closed (or that are too old), so
     // that a quiet proxy does not hold half-closed sockets until its next
     // request; re-arms itself while connections are idle.
-    void arm_sweep();
-    void sweep();
+    void arm_sweep(clock::duration after);
+    // True when connections were left for a further sweep (kSweepBatch).
+    bool sweep();
 
     asio::io_context& io_;
     const config::UpstreamConfig& cfg_;
@@ -95,6 +97,7 @@ private:
     std::deque<std::shared_ptr<steady_timer>> waiters_;
     steady_timer sweep_timer_;
     bool sweep_armed_ = false;
+    std::uint64_t sweep_round_ = 1;
     tcp::resolver resolver_;
     std::vector<tcp::endpoint> endpoints_; // cached resolution
     clock::time_point endpoints_expiry_{};
