@@ -23,6 +23,8 @@ namespace relaymeter::proxy {
 
 namespace {
 
+using namespace std::string_view_literals;
+
 // True for the fields that are hop-by-hop in either direction (RFC 9110
 // 7.6.1), besides those a Connection header names.
 bool hop_by_hop(http::field f, std::string_view name) {
@@ -68,7 +70,7 @@ void build_request_head(std::string& out, const http::request_header<>& req, con
     out.clear();
     out.append(req.method_string()).push_back(' ');
     out.append(cfg.upstream.base_path).append(req.target().substr(3)); // "/v1/x?y" -> base_path + "/x?y"
-    out.append(" HTTP/1.1\r\n");
+    out.append(" HTTP/1.1\r\n"sv);
     for (auto const& f : req) {
         const auto name = f.name_string();
         switch (f.name()) {
@@ -88,20 +90,20 @@ void build_request_head(std::string& out, const http::request_header<>& req, con
         }
         if (hop_by_hop(f.name(), name)) continue;
         if (has_connection && named_by_connection(req, name)) continue;
-        out.append(name).append(": ").append(f.value()).append("\r\n");
+        out.append(name).append(": "sv).append(f.value()).append("\r\n"sv);
     }
-    out.append("Host: ").append(host).append("\r\n");
-    if (!cfg.upstream.api_key.empty()) out.append("Authorization: Bearer ").append(cfg.upstream.api_key).append("\r\n");
-    out.append("X-Request-Id: ").append(rid).append("\r\n");
+    out.append("Host: "sv).append(host).append("\r\n"sv);
+    if (!cfg.upstream.api_key.empty()) out.append("Authorization: Bearer "sv).append(cfg.upstream.api_key).append("\r\n"sv);
+    out.append("X-Request-Id: "sv).append(rid).append("\r\n"sv);
     // As Beast's prepare_payload: a length for any body, and for an empty
     // one with the methods that carry a body.
     const auto m = req.method();
     if (body_size > 0 || m == http::verb::post || m == http::verb::put || m == http::verb::options) {
         char len[24];
         const auto end = std::to_chars(len, len + sizeof len, body_size).ptr;
-        out.append("Content-Length: ").append(len, end).append("\r\n");
+        out.append("Content-Length: "sv).append(len, end).append("\r\n"sv);
     }
-    out.append("\r\n");
+    out.append("\r\n"sv);
 }
 
 bool is_completions_path(std::string_view target) {
@@ -202,6 +204,13 @@ struct Scratch {
     std::vector<Field> fields;            // the upstream response's, while its head is parsed
     std::vector<std::string_view> pieces; // body bytes parsed, not yet sent
     std::vector<asio::const_buffer> bufs; // the gather write to the client
+    // The usage scanner of the response (only the one its body needs). Kept
+    // here rather than in the exchange's coroutine frame: together they are
+    // over a kilobyte, and a frame that size missed the allocator's
+    // per-thread cache on every request.
+    std::optional<usage::JsonUsageScanner> json;
+    std::optional<usage::StreamMeter> stream;
+    std::optional<usage::EncodedBodyMeter> coded;
 };
 
 class ScratchLease {
@@ -216,6 +225,9 @@ public:
         }
     }
     ~ScratchLease() {
+        s_->json.reset();
+        s_->stream.reset();
+        s_->coded.reset(); // its inflate state is on the heap
         auto& fl = free_list();
         if (fl.size() >= 64) return;
         // An unusually large head or stream event is not kept for ever.
@@ -256,18 +268,18 @@ void build_head(std::string& out, int status, std::string_view reason, const std
     char code[16];
     out.append(code, std::to_chars(code, code + sizeof code, status).ptr).push_back(' ');
     out.append(reason);
-    out.append("\r\n");
+    out.append("\r\n"sv);
     for (auto const& f : fields) {
         if (hop_by_hop(f.name, f.name_string)) continue;
         if (f.name == http::field::content_length && !keep_length) continue;
         if (has_connection && named(f.name_string)) continue;
-        out.append(f.name_string).append(": ").append(f.value).append("\r\n");
+        out.append(f.name_string).append(": "sv).append(f.value).append("\r\n"sv);
     }
-    out.append("X-Relaymeter-Request-Id: ").append(rid).append("\r\n");
-    if (chunked) out.append("Transfer-Encoding: chunked\r\n");
-    if (version >= 11 && !keep_alive) out.append("Connection: close\r\n");
-    if (version < 11 && keep_alive) out.append("Connection: keep-alive\r\n");
-    out.append("\r\n");
+    out.append("X-Relaymeter-Request-Id: "sv).append(rid).append("\r\n"sv);
+    if (chunked) out.append("Transfer-Encoding: chunked\r\n"sv);
+    if (version >= 11 && !keep_alive) out.append("Connection: close\r\n"sv);
+    if (version < 11 && keep_alive) out.append("Connection: keep-alive\r\n"sv);
+    out.append("\r\n"sv);
 }
 
 class Exchange;
@@ -342,10 +354,10 @@ private:
     char size_line_[24] = {};
     std::size_t queued_ = 0;  // bytes in scratch_->bufs
     std::size_t written_ = 0; // of which already written
-    // Only the scanner this body needs.
-    std::optional<usage::JsonUsageScanner> json_;
-    std::optional<usage::StreamMeter> stream_;
-    std::optional<usage::EncodedBodyMeter> coded_;
+    // Only the scanner this body needs (in the scratch).
+    std::optional<usage::JsonUsageScanner>& json_ = scratch_->json;
+    std::optional<usage::StreamMeter>& stream_ = scratch_->stream;
+    std::optional<usage::EncodedBodyMeter>& coded_ = scratch_->coded;
     upstream::Connection* conn_ = nullptr;
 };
 
