@@ -10,6 +10,7 @@
 
 #include "relaymeter/usage/usage.hpp"
 #include "usage/json_scan.hpp"
+#include "usage/usage_reader.hpp"
 
 namespace relaymeter::usage {
 
@@ -20,13 +21,15 @@ using detail::JsonScanner;
 using detail::MemberValue;
 using detail::Walk;
 
-// A usage object larger than this is not a usage object we want to parse.
+// A usage object larger than this (its text, braces included) is not a usage
+// object we want to read.
 constexpr std::size_t kMaxUsageText = 64 * 1024;
 // Enough of "choices" to tell an empty array ("[]", "[ ]") from a non-empty one.
 constexpr std::size_t kChoicesProbe = 16;
 
 // Index of the first '\r' or '\n' in p[i, n), or n (memchr is vectorized;
-// a byte-at-a-time loop here was most of the meter's own work).
+// a byte-at-a-time loop here was most of the meter's own work, and a 16-byte
+// SSE2 loop for both bytes costs more than memchr's wider one on data lines).
 std::size_t find_eol(const char* p, std::size_t i, std::size_t n) {
     const auto* lf = static_cast<const char*>(std::memchr(p + i, '\n', n - i));
     const std::size_t end = lf ? static_cast<std::size_t>(lf - p) : n;
@@ -35,29 +38,38 @@ std::size_t find_eol(const char* p, std::size_t i, std::size_t n) {
 }
 
 // Finds the usage in one JSON document: the top-level "usage" object, or
-// "response"."usage" (Responses API events and envelopes). Also notes whether
-// the top-level "choices" is an empty array, which with a top-level usage
-// object makes a chat stream's usage-only chunk.
+// "response"."usage" (Responses API events and envelopes), read in the same
+// walk (descended into, softly: a malformed usage object is skipped, not an
+// error, as it was when its text was captured and parsed apart). Also notes
+// whether the top-level "choices" is an empty array, which with a top-level
+// usage object makes a chat stream's usage-only chunk.
 class UsageCollector final : public detail::JsonScanHandler {
 public:
     Directive on_key(std::string_view key, int depth) override {
+        if (usage_depth_ != 0) return reader_.on_key(key, depth - usage_depth_ + 1);
         if (depth == 1) {
-            if (key == "usage") return {Walk::capture, kMaxUsageText};
-            if (key == "response") return {Walk::descend, 0};
-            if (key == "choices") return {Walk::capture, kChoicesProbe};
-        } else if (depth == 2 && key == "usage") { // "response" is the only object walked
-            return {Walk::capture, kMaxUsageText};
+            if (detail::key_is(key, "usage")) return begin_usage(2);
+            if (detail::key_is(key, "choices")) return {Walk::capture, kChoicesProbe};
+            if (detail::key_is(key, "response")) return {Walk::descend, 0};
+        } else if (depth == 2 && detail::key_is(key, "usage")) { // "response" is the only object walked
+            return begin_usage(3);
         }
         return {};
     }
 
     void on_value(const MemberValue& v) override {
-        if (v.key == "usage") {
-            // Last wins; null (or anything not an object) means "no usage here".
-            const Usage u = (v.first == '{' && !v.truncated) ? parse_usage_object(v.text) : Usage{};
-            if (u.present) last_ = u;
-            if (v.depth == 1) top_usage_object_ = u.present;
-        } else if (v.depth == 1 && v.key == "choices") {
+        if (usage_depth_ != 0) {
+            if (v.depth >= usage_depth_) {
+                reader_.on_value(v);
+                return;
+            }
+            // The "usage" member itself. Last wins; null (or anything not an
+            // object, or not well-formed, or too large) means "no usage here".
+            usage_depth_ = 0;
+            const bool ok = v.first == '{' && !v.malformed && v.end - v.begin <= kMaxUsageText;
+            if (ok) last_ = reader_.result();
+            if (v.depth == 1) top_usage_object_ = ok;
+        } else if (v.depth == 1 && detail::key_is(v.key, "choices")) {
             choices_empty_ = v.first == '[' && !v.truncated &&
                              detail::trim_json_ws(v.text.substr(1, v.text.size() - 2)).empty();
         }
@@ -69,9 +81,20 @@ public:
     void reset() { *this = UsageCollector{}; }
 
 private:
+    // `depth` is the walk depth of the usage object's members.
+    Directive begin_usage(int depth) {
+        usage_depth_ = depth;
+        reader_.begin();
+        Directive d{Walk::descend, 0};
+        d.soft = true;
+        return d;
+    }
+
     Usage last_;
     bool top_usage_object_ = false;
     bool choices_empty_ = false;
+    int usage_depth_ = 0; // inside a usage object: the walk depth of its members
+    detail::UsageReader reader_;
 };
 
 } // namespace

@@ -1,11 +1,9 @@
 #include "relaymeter/usage/usage.hpp"
 
 #include <array>
-#include <charconv>
-#include <cmath>
-#include <optional>
 
 #include "usage/json_scan.hpp"
+#include "usage/usage_reader.hpp"
 
 namespace relaymeter::usage {
 
@@ -17,88 +15,15 @@ using detail::MemberValue;
 using detail::ObjectEnd;
 using detail::Walk;
 
-// Largest count we accept: beyond 2^53 a JSON number is not exact anyway.
-constexpr std::uint64_t kMaxCount = std::uint64_t{1} << 53;
-
-// A token count from a JSON number's text: a non-negative integral number no
-// larger than kMaxCount ("12", "12.0" and "1e3" are counts; "12.5", "-1",
-// "1e300" or a string are not).
-std::optional<std::uint64_t> count_of(std::string_view text) {
-    if (text.empty() || !(text.front() == '-' || (text.front() >= '0' && text.front() <= '9'))) return std::nullopt;
-    std::uint64_t v = 0;
-    auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-    if (ec == std::errc() && p == text.data() + text.size()) {
-        if (v <= kMaxCount) return v;
-        return std::nullopt;
-    }
-    double d = 0;
-    auto [pd, ecd] = std::from_chars(text.data(), text.data() + text.size(), d);
-    if (ecd != std::errc() || pd != text.data() + text.size()) return std::nullopt;
-    if (d >= 0 && d <= static_cast<double>(kMaxCount) && std::floor(d) == d) return static_cast<std::uint64_t>(d);
-    return std::nullopt;
-}
-
-constexpr std::size_t kNumberCapture = 40;
-
-// The counts of one usage object, read by the structural scanner (no DOM):
-// top-level *_tokens and the cached/reasoning counts in the *_details objects.
-// Duplicate keys: the last one wins.
+// parse_usage_object: the usage object is the whole document.
 class UsageHandler final : public detail::JsonScanHandler {
 public:
-    Directive on_key(std::string_view key, int depth) override {
-        if (depth == 1) {
-            if (key == "prompt_tokens" || key == "completion_tokens" || key == "input_tokens" ||
-                key == "output_tokens")
-                return {Walk::capture, kNumberCapture};
-            if (key == "prompt_tokens_details" || key == "input_tokens_details" ||
-                key == "completion_tokens_details" || key == "output_tokens_details") {
-                parent_ = slot_of_details(key);
-                slots_[parent_] = std::nullopt; // a later details object replaces an earlier one
-                return {Walk::descend, 0};
-            }
-        } else if (depth == 2) {
-            const bool cached = parent_ == kPromptDetails || parent_ == kInputDetails;
-            if ((cached && key == "cached_tokens") || (!cached && key == "reasoning_tokens"))
-                return {Walk::capture, kNumberCapture};
-        }
-        return {};
-    }
-
-    void on_value(const MemberValue& v) override {
-        // A number longer than its capture is only a prefix: not a count
-        // ("1.000…0e2" cut before its exponent would read as 1).
-        const auto count = [&v] { return v.truncated ? std::nullopt : count_of(v.text); };
-        if (v.depth == 1) {
-            if (v.key == "prompt_tokens") slots_[kPrompt] = count();
-            else if (v.key == "completion_tokens") slots_[kCompletion] = count();
-            else if (v.key == "input_tokens") slots_[kInput] = count();
-            else if (v.key == "output_tokens") slots_[kOutput] = count();
-        } else if (v.depth == 2 && (v.key == "cached_tokens" || v.key == "reasoning_tokens")) {
-            // on_key only captured the one this details object counts.
-            if (!v.text.empty()) slots_[parent_] = count();
-        }
-    }
-
-    Usage result() const {
-        Usage u;
-        u.present = true;
-        u.input = slots_[kPrompt].value_or(slots_[kInput].value_or(0));
-        u.output = slots_[kCompletion].value_or(slots_[kOutput].value_or(0));
-        u.cached_input = slots_[kPromptDetails].value_or(slots_[kInputDetails].value_or(0));
-        u.reasoning = slots_[kCompletionDetails].value_or(slots_[kOutputDetails].value_or(0));
-        return u;
-    }
+    Directive on_key(std::string_view key, int depth) override { return reader_.on_key(key, depth); }
+    void on_value(const MemberValue& v) override { reader_.on_value(v); }
+    Usage result() const { return reader_.result(); }
 
 private:
-    enum Slot { kPrompt, kCompletion, kInput, kOutput, kPromptDetails, kInputDetails, kCompletionDetails, kOutputDetails, kSlots };
-    static Slot slot_of_details(std::string_view key) {
-        if (key == "prompt_tokens_details") return kPromptDetails;
-        if (key == "input_tokens_details") return kInputDetails;
-        if (key == "completion_tokens_details") return kCompletionDetails;
-        return kOutputDetails;
-    }
-    std::array<std::optional<std::uint64_t>, kSlots> slots_{};
-    Slot parent_ = kPromptDetails;
+    detail::UsageReader reader_;
 };
 
 // Capture limit for a model value: enough raw bytes for kMaxModelName
@@ -114,20 +39,20 @@ public:
 
     Directive on_key(std::string_view key, int depth) override {
         if (depth == 1) {
-            if (key == "model") return {Walk::capture, kModelCapture};
-            if (key == "stream") return {Walk::capture, kLiteralCapture};
-            if (key == "stream_options") {
+            if (detail::key_is(key, "model")) return {Walk::capture, kModelCapture};
+            if (detail::key_is(key, "stream")) return {Walk::capture, kLiteralCapture};
+            if (detail::key_is(key, "stream_options")) {
                 info_.include_usage = false; // a later stream_options replaces an earlier one
                 return {Walk::descend, 0};
             }
-        } else if (depth == 2 && key == "include_usage") { // only stream_options is walked
+        } else if (depth == 2 && detail::key_is(key, "include_usage")) { // only stream_options is walked
             return {Walk::capture, kLiteralCapture};
         }
         return {};
     }
 
     void on_value(const MemberValue& v) override {
-        if (v.depth == 1 && v.key == "model") {
+        if (v.depth == 1 && detail::key_is(v.key, "model")) {
             if (v.first != '"') {
                 info_.model = "none";
                 return;
@@ -137,9 +62,9 @@ public:
             std::array<char, kMaxModelName> decoded;
             const std::size_t len = detail::decode_json_string(raw, decoded.data(), decoded.size());
             info_.model = sanitize_model({decoded.data(), len});
-        } else if (v.depth == 1 && v.key == "stream") {
+        } else if (v.depth == 1 && detail::key_is(v.key, "stream")) {
             info_.stream = v.text == "true";
-        } else if (v.depth == 2 && v.key == "include_usage") {
+        } else if (v.depth == 2 && detail::key_is(v.key, "include_usage")) {
             info_.include_usage = v.text == "true";
         }
     }
@@ -163,21 +88,21 @@ public:
     };
 
     Directive on_key(std::string_view key, int depth) override {
-        if (depth == 1 && key == "stream_options") {
+        if (depth == 1 && detail::key_is(key, "stream_options")) {
             so_ = {}; // the last stream_options wins
             return {Walk::descend, 0};
         }
-        if (depth == 2 && key == "include_usage") return {Walk::capture, kLiteralCapture};
+        if (depth == 2 && detail::key_is(key, "include_usage")) return {Walk::capture, kLiteralCapture};
         return {};
     }
 
     void on_value(const MemberValue& v) override {
-        if (v.depth == 1 && v.key == "stream_options") {
+        if (v.depth == 1 && detail::key_is(v.key, "stream_options")) {
             so_.found = true;
             so_.first = v.first;
             so_.begin = v.begin;
             so_.end = v.end;
-        } else if (v.depth == 2 && v.key == "include_usage") {
+        } else if (v.depth == 2 && detail::key_is(v.key, "include_usage")) {
             so_.has_include_usage = true;
             so_.include_usage_is_true = v.text == "true";
             so_.include_usage_replaceable = v.text == "false" || v.text == "null";
@@ -206,12 +131,7 @@ Usage parse_usage_object(std::string_view json_object) {
     JsonScanner scanner;
     scanner.feed(json_object, handler);
     if (scanner.finish() != JsonScanner::Status::complete) return {};
-    Usage u = handler.result();
-    // Cached tokens are part of the input, reasoning tokens part of the output:
-    // a relay saying otherwise must not make the cost formula go negative.
-    if (u.cached_input > u.input) u.cached_input = u.input;
-    if (u.reasoning > u.output) u.reasoning = u.output;
-    return u;
+    return handler.result(); // clamped: cached <= input, reasoning <= output
 }
 
 std::string sanitize_model(std::string_view raw) {

@@ -58,9 +58,10 @@ std::string sanitize_model(std::string_view raw);
 bool inject_include_usage(std::string_view body, std::string& out);
 
 // Incremental scanner of a (non-streamed) JSON response body: fed the body in
-// chunks split anywhere, it captures the value of the top-level "usage" key
-// (or of "response"."usage" for Responses API envelopes) in bounded memory and
-// parses it. Bodies that are not JSON give present=false, never an error.
+// chunks split anywhere, it reads the value of the top-level "usage" key (or
+// of "response"."usage" for Responses API envelopes) in the same single pass,
+// in fixed memory, as parse_usage_object would read it. Bodies that are not
+// JSON give present=false, never an error.
 class JsonUsageScanner {
 public:
     JsonUsageScanner();
@@ -76,7 +77,7 @@ private:
     // Private state is the usage module's business (bounded, no DOM). It lives
     // in place, not on the heap: stream_meter.cpp checks that it fits.
     struct Impl;
-    static constexpr std::size_t kImplSize = 576;
+    static constexpr std::size_t kImplSize = 672;
     Impl& impl() noexcept;
     const Impl& impl() const noexcept;
     alignas(8) std::byte storage_[kImplSize];
@@ -118,7 +119,7 @@ public:
 
 private:
     struct Impl; // in place, as JsonUsageScanner's
-    static constexpr std::size_t kImplSize = 736;
+    static constexpr std::size_t kImplSize = 848;
     Impl& impl() noexcept;
     const Impl& impl() const noexcept;
     alignas(8) std::byte storage_[kImplSize];
