@@ -347,6 +347,7 @@ private:
     bool body_expected_ = false;
     bool client_timed_out_ = false; // a write to the client hit its deadline
     bool upstream_keep_alive_ = false;
+    bool interim_ = false; // the head just parsed is a 1xx interim response
     int status_ = 0;
     unsigned up_version_ = 11;
     std::string_view reason_;
@@ -388,6 +389,10 @@ std::size_t UpstreamParser::on_chunk_body_impl(std::uint64_t, beast::string_view
 // The upstream's head is complete (its fields are views valid only now):
 // choose the client's framing, serialize its head, pick the usage scanner.
 void Exchange::on_head(UpstreamParser& p) {
+    if (status_ >= 100 && status_ < 200 && status_ != 101) {
+        interim_ = true; // skipped by relay(); the final response follows
+        return;
+    }
     auto& sc = *scratch_.operator->();
     meter_.status = status_;
     bool sse = false;
@@ -584,13 +589,18 @@ awaitable<void> Exchange::relay(Stream& up) {
         co_return;
     }
 
-    UpstreamParser parser(*this);
-    // Not boost::none: Beast 1.74 compares a Content-Length against an empty
-    // optional as "over the limit" (basic_parser.ipp, finish_header).
-    parser.body_limit(std::numeric_limits<std::uint64_t>::max());
-    parser.header_limit(64 * 1024);
-    parser.eager(true);
-    if (req_.method() == http::verb::head) parser.skip(true);
+    std::optional<UpstreamParser> parser;
+    auto fresh_parser = [&] {
+        parser.emplace(*this);
+        // Not boost::none: Beast 1.74 compares a Content-Length against an
+        // empty optional as "over the limit" (basic_parser.ipp, finish_header).
+        parser->body_limit(std::numeric_limits<std::uint64_t>::max());
+        parser->header_limit(64 * 1024);
+        parser->eager(true);
+        if (req_.method() == http::verb::head) parser->skip(true);
+    };
+    fresh_parser();
+    int interim_seen = 0;
 
     auto& ubuf = conn_->buffer();
     const auto stream_deadline = cfg_.streaming.total_timeout_s > 0
@@ -604,14 +614,27 @@ awaitable<void> Exchange::relay(Stream& up) {
         // until the next read.
         sc.pieces.clear();
         sc.out.clear();
-        while (ubuf.size() > 0 && !parser.is_done()) {
-            const std::size_t n = parser.put(ubuf.data(), up_ec);
+        while (ubuf.size() > 0 && !parser->is_done()) {
+            const std::size_t n = parser->put(ubuf.data(), up_ec);
             ubuf.consume(n);
             if (up_ec == http::error::need_more) {
                 up_ec = {};
                 break;
             }
             if (up_ec || n == 0) break;
+            if (interim_ && parser->is_done()) {
+                // An interim response (103 Early Hints, a stray 100
+                // Continue) is not the answer: it is dropped and the final
+                // response parsed after it. Left unread, the final response
+                // would have been taken for the next request's answer on this
+                // pooled connection.
+                interim_ = false;
+                if (++interim_seen > 8) {
+                    up_ec = http::error::bad_status;
+                    break;
+                }
+                fresh_parser();
+            }
         }
         if (up_ec && !head_ready_) {
             bad_head = true;
@@ -620,7 +643,7 @@ awaitable<void> Exchange::relay(Stream& up) {
         // (A body that turns malformed still gets the bytes parsed before the
         // fault: the client sees the head and those, then the cut.)
         if (head_ready_) {
-            const bool last = parser.is_done();
+            const bool last = parser->is_done();
             if (last) {
                 if (coded_) coded_->finish();
                 if (stream_) stream_->finish(sc.out);
@@ -656,12 +679,12 @@ awaitable<void> Exchange::relay(Stream& up) {
         ubuf.commit(n);
         if (up_ec == asio::error::eof || (!plain && up_ec == ssl::error::stream_truncated)) {
             // The end of a close-delimited body, or a cut-off response.
-            if (head_ready_ && parser.need_eof()) {
+            if (head_ready_ && parser->need_eof()) {
                 up_ec = {};
-                parser.put_eof(up_ec);
+                parser->put_eof(up_ec);
                 if (!up_ec) continue; // done: the last send
             } else {
-                up_ec = parser.got_some() ? error_code(http::error::partial_message)
+                up_ec = parser->got_some() ? error_code(http::error::partial_message)
                                           : error_code(http::error::end_of_stream);
             }
         }
@@ -718,7 +741,7 @@ awaitable<void> Exchange::relay(Stream& up) {
         }
         co_return;
     }
-    reusable_ = upstream_keep_alive_ && parser.is_done();
+    reusable_ = upstream_keep_alive_ && parser->is_done();
 }
 
 } // namespace

@@ -862,6 +862,46 @@ TEST_CASE("badinput: upstream resets, garbage and short bodies give 502, recorde
     CHECK(d.log().find("upstream") != std::string::npos);
 }
 
+TEST_CASE("badinput: interim 1xx upstream responses are dropped, the final one relayed and metered",
+          "[integration][badinput]") {
+    const std::string body =
+        R"({"id":"x","object":"chat.completion","choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}})";
+    const std::string final_response = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " +
+                                       std::to_string(body.size()) + "\r\n\r\n" + body;
+    const std::string hints = "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n";
+    fake::FakeUpstream up({}, scripted({
+        // the interim response alone, then the final one a moment later
+        {"/v1/hints-apart",
+         [&](const fake::Request&) {
+             return fake::Response().write(hints).delay(std::chrono::milliseconds(20)).write(final_response);
+         }},
+        // two interim responses and the final one in one write
+        {"/v1/hints-together",
+         [&](const fake::Request&) {
+             return fake::Response().write("HTTP/1.1 100 Continue\r\n\r\n" + hints + final_response);
+         }},
+    }));
+    Daemon d(daemon_yaml(up.base_url()));
+    HttpClient c(d.port());
+    for (const std::string path : {"/v1/hints-apart", "/v1/hints-together"}) {
+        INFO(path);
+        const auto r = c.post_json(path, chat("hinted"));
+        CHECK(r.status == 200);
+        CHECK(r.body == body);
+        // The next request on the same pooled upstream connection gets its
+        // own answer, not a leftover of this one.
+        const auto next = c.post_json("/v1/chat/completions", chat("plain"));
+        CHECK(next.status == 200);
+        CHECK(next.body.find("\"chat.completion\"") != std::string::npos);
+    }
+    auto s = wait_total(d.port(), 4);
+    const auto& hinted = model_entry(s, "hinted");
+    CHECK(status_count(hinted, 200) == 2);
+    CHECK(hinted["input_tokens"] == 14);
+    CHECK(hinted["output_tokens"] == 6);
+    CHECK(status_count(model_entry(s, "plain"), 200) == 2);
+}
+
 TEST_CASE("badinput: endless upstream bodies are bounded by the timeouts, in bounded memory", "[integration][badinput]") {
     const std::string json_head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n";
     const std::string sse_head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
