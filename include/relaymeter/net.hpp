@@ -40,6 +40,20 @@ using steady_timer = asio::steady_timer::rebind_executor<executor>::other;
 // thread and purpose: after a miss, the next 8 reads go straight to Asio.
 class DirectReads {
 public:
+    // Reads from a non-blocking `sock` into `buffers` now, when worth it.
+    // False: nothing was read and nothing went wrong, so the caller waits
+    // for bytes asynchronously; true: `n` bytes read, or `ec` set (eof, ...).
+    template <class Socket, class Buffers>
+    bool try_read(Socket& sock, const Buffers& buffers, std::size_t& n, error_code& ec) {
+        if (!sock.non_blocking() || !worth_trying()) return false;
+        n = sock.read_some(buffers, ec);
+        const bool would_block = ec == asio::error::would_block || ec == asio::error::try_again;
+        result(!would_block);
+        if (would_block) ec = {};
+        return !would_block;
+    }
+
+private:
     bool worth_trying() {
         if (credit_ < 0) {
             ++credit_;
@@ -49,7 +63,6 @@ public:
     }
     void result(bool got_bytes) { credit_ = got_bytes ? (credit_ < 16 ? credit_ + 1 : 16) : -8; }
 
-private:
     int credit_ = 0;
 };
 

@@ -193,10 +193,15 @@ std::size_t write_now(tcp_socket& sock, const Buffers& buffers, error_code& ec) 
 // keep their capacity from one exchange to the next, so a warm worker
 // allocates nothing for them.
 struct Scratch {
+    // One of the upstream response's fields, read like Beast's (so that
+    // named_by_connection serves both heads).
     struct Field {
-        http::field name;
-        std::string_view name_string;
-        std::string_view value;
+        http::field id;
+        std::string_view name_str;
+        std::string_view val;
+        http::field name() const { return id; }
+        std::string_view name_string() const { return name_str; }
+        std::string_view value() const { return val; }
     };
     std::string up_head;     // the request head sent upstream
     std::string client_head; // the response head sent to the client
@@ -254,15 +259,7 @@ private:
 void build_head(std::string& out, int status, std::string_view reason, const std::vector<Scratch::Field>& fields,
                 unsigned version, bool keep_length, bool chunked, bool keep_alive, std::string_view rid) {
     bool has_connection = false;
-    for (auto const& f : fields) has_connection |= f.name == http::field::connection;
-    auto named = [&](std::string_view name) {
-        for (auto const& f : fields) {
-            if (f.name != http::field::connection) continue;
-            for (auto const& token : http::token_list{f.value})
-                if (beast::iequals(token, name)) return true;
-        }
-        return false;
-    };
+    for (auto const& f : fields) has_connection |= f.name() == http::field::connection;
     out.clear();
     out.append(version >= 11 ? "HTTP/1.1 " : "HTTP/1.0 ");
     char code[16];
@@ -270,10 +267,10 @@ void build_head(std::string& out, int status, std::string_view reason, const std
     out.append(reason);
     out.append("\r\n"sv);
     for (auto const& f : fields) {
-        if (hop_by_hop(f.name, f.name_string)) continue;
-        if (f.name == http::field::content_length && !keep_length) continue;
-        if (has_connection && named(f.name_string)) continue;
-        out.append(f.name_string).append(": "sv).append(f.value).append("\r\n"sv);
+        if (hop_by_hop(f.name(), f.name_string())) continue;
+        if (f.name() == http::field::content_length && !keep_length) continue;
+        if (has_connection && named_by_connection(fields, f.name_string())) continue;
+        out.append(f.name_string()).append(": "sv).append(f.value()).append("\r\n"sv);
     }
     out.append("X-Relaymeter-Request-Id: "sv).append(rid).append("\r\n"sv);
     if (chunked) out.append("Transfer-Encoding: chunked\r\n"sv);
@@ -344,16 +341,12 @@ private:
     bool reusable_ = false;
     bool head_sent_ = false;
     bool head_ready_ = false;
-    bool body_expected_ = false;
     bool client_timed_out_ = false; // a write to the client hit its deadline
     bool upstream_keep_alive_ = false;
     bool interim_ = false; // the head just parsed is a 1xx interim response
     int status_ = 0;
-    unsigned up_version_ = 11;
     std::string_view reason_;
-    usage::ContentCoding coding_ = usage::ContentCoding::identity;
     char size_line_[24] = {};
-    std::size_t queued_ = 0;  // bytes in scratch_->bufs
     std::size_t written_ = 0; // of which already written
     // Only the scanner this body needs (in the scratch).
     std::optional<usage::JsonUsageScanner>& json_ = scratch_->json;
@@ -362,10 +355,9 @@ private:
     upstream::Connection* conn_ = nullptr;
 };
 
-void UpstreamParser::on_response_impl(int code, beast::string_view reason, int version, error_code&) {
+void UpstreamParser::on_response_impl(int code, beast::string_view reason, int, error_code&) {
     ex_.status_ = code;
     ex_.reason_ = reason;
-    ex_.up_version_ = static_cast<unsigned>(version);
     ex_.scratch_->fields.clear();
 }
 
@@ -396,14 +388,15 @@ void Exchange::on_head(UpstreamParser& p) {
     auto& sc = *scratch_.operator->();
     meter_.status = status_;
     bool sse = false;
+    auto coding = usage::ContentCoding::identity;
     for (auto const& f : sc.fields) {
-        if (f.name == http::field::content_type) {
-            sse = beast::iequals(f.value.substr(0, 17), "text/event-stream");
-        } else if (f.name == http::field::content_encoding) {
-            coding_ = usage::content_coding(f.value);
-            meter_.coding_name.assign(usage::sanitize_model(f.value.substr(0, 32)));
-        } else if (f.name == http::field::unknown && beast::iequals(f.name_string, "x-request-id")) {
-            meter_.upstream_rid.assign(f.value.substr(0, 128));
+        if (f.id == http::field::content_type) {
+            sse = beast::iequals(f.val.substr(0, 17), "text/event-stream");
+        } else if (f.id == http::field::content_encoding) {
+            coding = usage::content_coding(f.val);
+            meter_.coding_name.assign(usage::sanitize_model(f.val.substr(0, 32)));
+        } else if (f.id == http::field::unknown && beast::iequals(f.name_str, "x-request-id")) {
+            meter_.upstream_rid.assign(f.val.substr(0, 128));
         }
     }
     meter_.streamed = sse;
@@ -411,13 +404,13 @@ void Exchange::on_head(UpstreamParser& p) {
     // The upstream compressed although it was not asked to: the client gets
     // the coded bytes unchanged (nothing can be stripped from them) and the
     // usage is read from a copy inflated on the side.
-    if (coding_ != usage::ContentCoding::identity) strip_ = false;
+    if (coding != usage::ContentCoding::identity) strip_ = false;
 
     // Framing towards the client: the upstream's Content-Length when the bytes
     // are relayed unchanged, chunked otherwise (close-delimited for HTTP/1.0).
-    body_expected_ = !p.is_done();
+    const bool body_expected = !p.is_done();
     bool keep_length = true;
-    if (body_expected_ && (strip_ || !p.content_length())) {
+    if (body_expected && (strip_ || !p.content_length())) {
         keep_length = false;
         if (client_version_ >= 11)
             chunked_out_ = true;
@@ -426,8 +419,8 @@ void Exchange::on_head(UpstreamParser& p) {
     }
     build_head(sc.client_head, status_, reason_, sc.fields, client_version_, keep_length, chunked_out_,
                client_keep_alive_, meter_.rid);
-    if (coding_ != usage::ContentCoding::identity)
-        coded_.emplace(coding_, sse);
+    if (coding != usage::ContentCoding::identity)
+        coded_.emplace(coding, sse);
     else if (sse)
         stream_.emplace(strip_);
     else
@@ -489,11 +482,10 @@ Exchange::Sent Exchange::send_now(bool last) {
     if (last && chunked_out_) bufs.push_back(asio::buffer("0\r\n\r\n", 5));
     if (bufs.empty()) return Sent::all;
     head_sent_ = true;
-    queued_ = asio::buffer_size(bufs);
     error_code ec;
     written_ = write_now(client_.socket(), bufs, ec);
     if (ec) return Sent::failed;
-    return written_ == queued_ ? Sent::all : Sent::pending;
+    return written_ == asio::buffer_size(bufs) ? Sent::all : Sent::pending;
 }
 
 awaitable<bool> Exchange::flush() {
@@ -665,17 +657,12 @@ awaitable<void> Exchange::relay(Stream& up) {
             up_tcp.expires_at(std::min(clock::now() + seconds(cfg_.streaming.idle_timeout_s), stream_deadline));
         const auto space = ubuf.prepare(std::max<std::size_t>(ubuf.capacity() - ubuf.size(), 4096));
         std::size_t n = 0;
-        bool waited = true;
+        bool read = false;
         if constexpr (plain) {
             thread_local DirectReads direct;
-            if (up_tcp.socket().non_blocking() && direct.worth_trying()) {
-                n = up_tcp.socket().read_some(space, up_ec);
-                waited = up_ec == asio::error::would_block || up_ec == asio::error::try_again;
-                direct.result(!waited);
-                if (waited) up_ec = {};
-            }
+            read = direct.try_read(up_tcp.socket(), space, n, up_ec);
         }
-        if (waited) n = co_await up.async_read_some(space, asio::redirect_error(use_awaitable, up_ec));
+        if (!read) n = co_await up.async_read_some(space, asio::redirect_error(use_awaitable, up_ec));
         ubuf.commit(n);
         if (up_ec == asio::error::eof || (!plain && up_ec == ssl::error::stream_truncated)) {
             // The end of a close-delimited body, or a cut-off response.

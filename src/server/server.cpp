@@ -216,15 +216,8 @@ awaitable<void> Worker::session(tcp_socket sock) {
             // Idle keep-alive: wait for the first byte of the next request.
             s.idle = true;
             std::size_t n = 0;
-            bool waited = true;
             thread_local DirectReads direct;
-            if (s.stream.socket().non_blocking() && direct.worth_trying()) {
-                n = s.stream.socket().read_some(buf.prepare(4096), ec);
-                waited = ec == asio::error::would_block || ec == asio::error::try_again;
-                direct.result(!waited);
-                if (waited) ec = {};
-            }
-            if (waited) {
+            if (!direct.try_read(s.stream.socket(), buf.prepare(4096), n, ec)) {
                 s.stream.expires_after(seconds(cfg.idle_timeout_s));
                 n = co_await s.stream.async_read_some(buf.prepare(4096), asio::redirect_error(use_awaitable, ec));
             }
