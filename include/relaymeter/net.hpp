@@ -7,6 +7,10 @@
 // Boost 1.74's awaitable.hpp uses std::exchange without including <utility>.
 #include <utility>
 
+#include <chrono>
+#include <memory>
+
+#include <boost/version.hpp>
 #include <boost/asio.hpp>
 #include <boost/asio/ssl.hpp>
 #include <boost/beast/core.hpp>
@@ -33,37 +37,180 @@ using tcp_socket = tcp::socket::rebind_executor<executor>::other;
 using tcp_acceptor = tcp::acceptor::rebind_executor<executor>::other;
 using tcp_stream = beast::basic_stream<tcp, executor>;
 using steady_timer = asio::steady_timer::rebind_executor<executor>::other;
-// Whether to read without waiting before reading asynchronously. On a busy
-// worker the bytes are usually there already, and a direct read saves a trip
-// through the scheduler; on a quiet one they are not, and the try is a wasted
-// syscall (Asio makes its own speculative read anyway). One tally per worker
-// thread and purpose: after a miss, the next 8 reads go straight to Asio.
-class DirectReads {
+// An asynchronous read that tells the reactor when it emptied the socket.
+//
+// Boost 1.74's epoll reactor reads speculatively when a read starts unless
+// the previous read on that socket was "exhausted", and its socket read marks
+// only end-of-stream as exhausted. So on a keep-alive connection every wait
+// for the next request or the next response began with a recv that failed
+// with EAGAIN: 2 of the 6 syscalls per proxied request. This read marks a
+// short read (fewer bytes than asked for: the socket is empty) as exhausted,
+// so the next read waits for epoll's edge instead; any byte arriving later
+// raises a new edge, which re-enables the speculative read. Falls back to the
+// socket's own async_read_some where the shortcut does not apply, and with
+// any other Boost than the 1.74 whose reactor internals this relies on.
+//
+// The catch: a FIN or reset that arrives with the bytes of a short read
+// raises no later edge, so a read that must notice it promptly (the rest of
+// a response) first reads directly (read_now). Where the next read is the
+// wait for the next message, nothing is lost: a pooled upstream connection
+// closed that way fails on the next request's write or at the pool's check,
+// and a client that half-closes right after its request is closed at
+// server.idle_timeout_s rather than at once.
+#if BOOST_VERSION == 107400 && defined(BOOST_ASIO_HAS_EPOLL)
+namespace detail {
+
+template <class Socket>
+struct SocketImplAccess : Socket {
+    static constexpr auto member() { return &SocketImplAccess::impl_; }
+};
+
+template <class Handler, class IoExecutor>
+class ExhaustingRecvOp : public asio::detail::reactor_op {
 public:
-    // Reads from a non-blocking `sock` into `buffers` now, when worth it.
-    // False: nothing was read and nothing went wrong, so the caller waits
-    // for bytes asynchronously; true: `n` bytes read, or `ec` set (eof, ...).
-    template <class Socket, class Buffers>
-    bool try_read(Socket& sock, const Buffers& buffers, std::size_t& n, error_code& ec) {
-        if (!sock.non_blocking() || !worth_trying()) return false;
-        n = sock.read_some(buffers, ec);
-        const bool would_block = ec == asio::error::would_block || ec == asio::error::try_again;
-        result(!would_block);
-        if (would_block) ec = {};
-        return !would_block;
+    BOOST_ASIO_DEFINE_HANDLER_PTR(ExhaustingRecvOp);
+
+    ExhaustingRecvOp(asio::detail::socket_type s, asio::mutable_buffer b, Handler& h, const IoExecutor& io_ex)
+        : reactor_op(error_code(), &ExhaustingRecvOp::do_perform, &ExhaustingRecvOp::do_complete),
+          socket_(s), buffer_(b), handler_(std::move(h)), work_(handler_, io_ex) {}
+
+    static status do_perform(reactor_op* base) {
+        auto* o = static_cast<ExhaustingRecvOp*>(base);
+        if (!asio::detail::socket_ops::non_blocking_recv1(o->socket_, o->buffer_.data(), o->buffer_.size(), 0,
+                                                         true, o->ec_, o->bytes_transferred_))
+            return not_done; // EAGAIN: wait for the edge
+        return o->ec_ || o->bytes_transferred_ < o->buffer_.size() ? done_and_exhausted : done;
+    }
+
+    static void do_complete(void* owner, asio::detail::operation* base, const error_code&, std::size_t) {
+        auto* o = static_cast<ExhaustingRecvOp*>(base);
+        ptr p = {std::addressof(o->handler_), o, o};
+        asio::detail::handler_work<Handler, IoExecutor> w(std::move(o->work_));
+        asio::detail::binder2<Handler, error_code, std::size_t> handler(o->handler_, o->ec_, o->bytes_transferred_);
+        p.h = std::addressof(handler.handler_);
+        p.reset();
+        if (owner) {
+            asio::detail::fenced_block b(asio::detail::fenced_block::half);
+            w.complete(handler, handler.handler_);
+        }
     }
 
 private:
-    bool worth_trying() {
-        if (credit_ < 0) {
-            ++credit_;
-            return false;
-        }
-        return true;
-    }
-    void result(bool got_bytes) { credit_ = got_bytes ? (credit_ < 16 ? credit_ + 1 : 16) : -8; }
+    asio::detail::socket_type socket_;
+    asio::mutable_buffer buffer_;
+    Handler handler_;
+    asio::detail::handler_work<Handler, IoExecutor> work_;
+};
 
-    int credit_ = 0;
+struct InitiateExhaustingRead {
+    template <class Handler>
+    void operator()(Handler&& handler, tcp_socket* sock, asio::mutable_buffer b) const {
+        using H = std::decay_t<Handler>;
+        auto& impl = (sock->*SocketImplAccess<tcp_socket>::member()).get_implementation();
+        if (b.size() == 0 || !sock->is_open() || !(impl.state_ & asio::detail::socket_ops::non_blocking)) {
+            sock->async_read_some(b, std::forward<Handler>(handler));
+            return;
+        }
+        H h(std::forward<Handler>(handler));
+        using Op = ExhaustingRecvOp<H, executor>;
+        const bool cont = boost_asio_handler_cont_helpers::is_continuation(h);
+        typename Op::ptr p = {std::addressof(h), Op::ptr::allocate(h), nullptr};
+        p.p = new (p.v) Op(impl.socket_, b, h, sock->get_executor());
+        asio::use_service<asio::detail::reactor>(sock->get_executor().context())
+            .start_op(asio::detail::reactor::read_op, impl.socket_, impl.reactor_data_, p.p, cont, true);
+        p.v = p.p = nullptr;
+    }
+};
+
+} // namespace detail
+
+template <class Token>
+auto async_read_exhausting(tcp_socket& sock, asio::mutable_buffer b, Token&& token) {
+    return asio::async_initiate<Token, void(error_code, std::size_t)>(detail::InitiateExhaustingRead{}, token,
+                                                                      &sock, b);
+}
+#else
+template <class Token>
+auto async_read_exhausting(tcp_socket& sock, asio::mutable_buffer b, Token&& token) {
+    return sock.async_read_some(b, std::forward<Token>(token));
+}
+#endif
+
+// Reads from a non-blocking `sock` into `b` without waiting. False: nothing
+// was there (EAGAIN), `ec` clear; true: `n` bytes read, or `ec` set (eof, ...).
+inline bool read_now(tcp_socket& sock, asio::mutable_buffer b, std::size_t& n, error_code& ec) {
+    if (!sock.non_blocking()) return false; // never block the worker
+    n = sock.read_some(b, ec);
+    if (ec == asio::error::would_block || ec == asio::error::try_again) {
+        ec = {};
+        return false;
+    }
+    return true;
+}
+
+// The deadline of a connection's async_read_exhausting reads (Beast's
+// tcp_stream timeouts cover only the reads made through the tcp_stream).
+// Moving the deadline costs no timer operation: the timer is re-armed only
+// when it fires before the current deadline. When it fires at or after it, it
+// cancels the socket's pending read (operation_aborted) and timed_out() is
+// true until the next arm().
+class ReadDeadline {
+public:
+    using time_point = std::chrono::steady_clock::time_point;
+
+    explicit ReadDeadline(const executor& ex) : st_(std::make_shared<State>(ex)) {}
+    ~ReadDeadline() {
+        st_->sock = nullptr; // a handler already queued must not touch the socket
+        st_->timer.cancel();
+    }
+    ReadDeadline(const ReadDeadline&) = delete;
+    ReadDeadline& operator=(const ReadDeadline&) = delete;
+
+    // Before a read on `sock` that must end by `at`.
+    void arm(tcp_socket& sock, time_point at) {
+        State& st = *st_;
+        st.sock = &sock;
+        st.at = at;
+        st.fired = false;
+        if (!st.waiting || st.timer.expiry() > at) wait(st_);
+    }
+    // After the read: no deadline until the next arm().
+    void disarm() { st_->at = time_point::max(); }
+    bool timed_out() const { return st_->fired; }
+    // The read's error as the caller should see it: a cancellation by the
+    // deadline is Beast's timeout error, as with a tcp_stream.
+    error_code result(const error_code& ec) const {
+        return ec == asio::error::operation_aborted && timed_out() ? error_code(beast::error::timeout) : ec;
+    }
+
+private:
+    struct State {
+        explicit State(const executor& ex) : timer(ex) {}
+        steady_timer timer;
+        tcp_socket* sock = nullptr;
+        time_point at = time_point::max();
+        bool waiting = false;
+        bool fired = false;
+    };
+
+    static void wait(const std::shared_ptr<State>& st) {
+        st->waiting = true;
+        st->timer.expires_at(st->at); // cancels a wait for a later time: its handler sees operation_aborted
+        st->timer.async_wait([st](const error_code& ec) {
+            if (ec == asio::error::operation_aborted) return; // superseded, or the owner went away
+            st->waiting = false;
+            if (!st->sock || st->at == time_point::max()) return;
+            if (std::chrono::steady_clock::now() >= st->at) {
+                st->fired = true;
+                error_code ignored;
+                st->sock->cancel(ignored);
+            } else {
+                wait(st);
+            }
+        });
+    }
+
+    std::shared_ptr<State> st_;
 };
 
 } // namespace relaymeter

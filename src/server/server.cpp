@@ -122,8 +122,9 @@ class Worker;
 
 struct Session {
     tcp_stream stream;
+    ReadDeadline deadline; // of the wait for the next request (server.idle_timeout_s)
     bool idle = true;
-    explicit Session(tcp_socket s) : stream(std::move(s)) {}
+    explicit Session(tcp_socket s) : stream(std::move(s)), deadline(stream.get_executor()) {}
 };
 
 class Worker {
@@ -202,7 +203,7 @@ awaitable<void> Worker::accept_loop() {
 awaitable<void> Worker::session(tcp_socket sock) {
     error_code ec;
     sock.set_option(tcp::no_delay(true), ec);
-    sock.non_blocking(true, ec); // direct reads and writes must never block the worker
+    sock.non_blocking(true, ec); // direct writes must never block the worker; async_read_exhausting needs it
     const auto remote = sock.remote_endpoint(ec);
     const bool local_client = !ec && is_loopback(remote.address());
     Session s(std::move(sock));
@@ -215,12 +216,10 @@ awaitable<void> Worker::session(tcp_socket sock) {
         if (buf.size() == 0) {
             // Idle keep-alive: wait for the first byte of the next request.
             s.idle = true;
-            std::size_t n = 0;
-            thread_local DirectReads direct;
-            if (!direct.try_read(s.stream.socket(), buf.prepare(4096), n, ec)) {
-                s.stream.expires_after(seconds(cfg.idle_timeout_s));
-                n = co_await s.stream.async_read_some(buf.prepare(4096), asio::redirect_error(use_awaitable, ec));
-            }
+            s.deadline.arm(s.stream.socket(), std::chrono::steady_clock::now() + seconds(cfg.idle_timeout_s));
+            const std::size_t n = co_await async_read_exhausting(s.stream.socket(), buf.prepare(4096),
+                                                                 asio::redirect_error(use_awaitable, ec));
+            s.deadline.disarm();
             s.idle = false;
             if (ec) break; // closed, idle timeout or drained
             buf.commit(n);

@@ -196,7 +196,7 @@ awaitable<Lease> Pool::connect(clock::time_point deadline) {
         co_return lease;
     }
     tcp_s.socket().set_option(tcp::no_delay(true), ec);
-    tcp_s.socket().non_blocking(true, ec); // the exchange reads and writes directly first
+    tcp_s.socket().non_blocking(true, ec); // the exchange writes directly first
 
     if (!cfg_.tls) {
         lease.conn = std::make_unique<Connection>(Connection::Stream(std::in_place_index<0>, std::move(tcp_s)));

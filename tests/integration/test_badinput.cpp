@@ -556,6 +556,28 @@ TEST_CASE("badinput: thousands of distinct model names are capped at metrics.max
     check_alive(d.port(), total);
 }
 
+TEST_CASE("badinput: a keep-alive client is closed after server.idle_timeout_s idle, not while busy",
+          "[integration][badinput]") {
+    fake::FakeUpstream up;
+    Daemon d(replace(daemon_yaml(up.base_url()), "idle_timeout_s: 30", "idle_timeout_s: 0.6"));
+    RawConnection c(d.port());
+    // Six requests 0.25 s apart, 1.5 s in all: longer than the idle timeout,
+    // but the connection is never idle for 0.6 s, so it serves them all (the
+    // deadline moves with every wait for a request).
+    for (int i = 0; i < 6; ++i) {
+        INFO("request " << i);
+        c.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        CHECK(c.read_until("\r\n\r\nok\n", 2s).rfind("HTTP/1.1 200", 0) == 0);
+        CHECK_FALSE(c.peer_closed(250ms)); // the client's pause, during which the daemon must not close
+    }
+    // Then idle: closed once 0.6 s have passed since the last answer.
+    const auto t0 = Clock::now();
+    CHECK(c.peer_closed(5s));
+    const double idle_s = secs_since(t0);
+    CHECK(idle_s >= 0.2); // 0.6 s less the 0.25 s already waited, with slack
+    CHECK(idle_s < 3.0);
+}
+
 TEST_CASE("badinput: slow-loris clients are cut off after server.header_timeout_s", "[integration][badinput]") {
     fake::FakeUpstream up;
     Daemon d(replace(replace(daemon_yaml(up.base_url()), "header_timeout_s: 5", "header_timeout_s: 1"),

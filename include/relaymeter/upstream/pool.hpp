@@ -25,13 +25,18 @@ public:
     // The read buffer starts at 16 KiB: Beast reads at most the buffer's free
     // capacity (512 bytes at first), which split even small responses into
     // several reads and writes.
-    explicit Connection(Stream stream) : stream_(std::move(stream)) { buffer_.reserve(16 * 1024); }
+    explicit Connection(Stream stream)
+        : stream_(std::move(stream)), read_deadline_(tcp().get_executor()) {
+        buffer_.reserve(16 * 1024);
+    }
 
     Stream& stream() { return stream_; }
     tcp_stream& tcp() {
         return stream_.index() == 0 ? std::get<0>(stream_) : beast::get_lowest_layer(std::get<1>(stream_));
     }
     beast::flat_buffer& buffer() { return buffer_; }
+    // The deadline of the exchange's reads on a plain connection.
+    ReadDeadline& read_deadline() { return read_deadline_; }
     // True when nothing is readable on an idle connection: not closed by the
     // peer, no stray bytes (checked with a non-blocking MSG_PEEK, no syscall wait).
     bool looks_alive();
@@ -42,6 +47,7 @@ public:
 private:
     Stream stream_;
     beast::flat_buffer buffer_;
+    ReadDeadline read_deadline_;
 };
 
 enum class ConnectError { none, resolve, connect, tls, timeout, pool_timeout, stopped };
