@@ -104,7 +104,7 @@ private:
 
 struct InitiateExhaustingRead {
     template <class Handler>
-    void operator()(Handler&& handler, tcp_socket* sock, asio::mutable_buffer b) const {
+    void operator()(Handler&& handler, tcp_socket* sock, asio::detail::reactor* reactor, asio::mutable_buffer b) const {
         using H = std::decay_t<Handler>;
         auto& impl = (sock->*SocketImplAccess<tcp_socket>::member()).get_implementation();
         if (b.size() == 0 || !sock->is_open() || !(impl.state_ & asio::detail::socket_ops::non_blocking)) {
@@ -116,24 +116,12 @@ struct InitiateExhaustingRead {
         const bool cont = boost_asio_handler_cont_helpers::is_continuation(h);
         typename Op::ptr p = {std::addressof(h), Op::ptr::allocate(h), nullptr};
         p.p = new (p.v) Op(impl.socket_, b, h, sock->get_executor());
-        asio::use_service<asio::detail::reactor>(sock->get_executor().context())
-            .start_op(asio::detail::reactor::read_op, impl.socket_, impl.reactor_data_, p.p, cont, true);
+        reactor->start_op(asio::detail::reactor::read_op, impl.socket_, impl.reactor_data_, p.p, cont, true);
         p.v = p.p = nullptr;
     }
 };
 
 } // namespace detail
-
-template <class Token>
-auto async_read_exhausting(tcp_socket& sock, asio::mutable_buffer b, Token&& token) {
-    return asio::async_initiate<Token, void(error_code, std::size_t)>(detail::InitiateExhaustingRead{}, token,
-                                                                      &sock, b);
-}
-#else
-template <class Token>
-auto async_read_exhausting(tcp_socket& sock, asio::mutable_buffer b, Token&& token) {
-    return sock.async_read_some(b, std::forward<Token>(token));
-}
 #endif
 
 // Reads from a non-blocking `sock` into `b` without waiting. False: nothing
@@ -158,7 +146,8 @@ class ReadDeadline {
 public:
     using time_point = std::chrono::steady_clock::time_point;
 
-    explicit ReadDeadline(const executor& ex) : st_(std::make_shared<State>(ex)) {}
+    explicit ReadDeadline(const executor& ex)
+        : st_(std::make_shared<State>(ex)), reactor_(&asio::use_service<asio::detail::reactor>(ex.context())) {}
     ~ReadDeadline() {
         st_->sock = nullptr; // a handler already queued must not touch the socket
         st_->timer.cancel();
@@ -211,6 +200,22 @@ private:
     }
 
     std::shared_ptr<State> st_;
+    asio::detail::reactor* reactor_; // the context's, looked up once (use_service locks and searches)
+
+    friend asio::detail::reactor& reactor_of(ReadDeadline& dl) { return *dl.reactor_; }
 };
+
+// Reads some bytes from `sock` into `b` (see "An asynchronous read that tells
+// the reactor..." above); `dl` is the deadline armed for it.
+template <class Token>
+auto async_read_exhausting(tcp_socket& sock, ReadDeadline& dl, asio::mutable_buffer b, Token&& token) {
+#if BOOST_VERSION == 107400 && defined(BOOST_ASIO_HAS_EPOLL)
+    return asio::async_initiate<Token, void(error_code, std::size_t)>(detail::InitiateExhaustingRead{}, token,
+                                                                      &sock, &reactor_of(dl), b);
+#else
+    (void)dl;
+    return sock.async_read_some(b, std::forward<Token>(token));
+#endif
+}
 
 } // namespace relaymeter

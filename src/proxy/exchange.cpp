@@ -671,7 +671,7 @@ awaitable<void> Exchange::relay(Stream& up) {
             if (!read_any || !read_now(sock, space, n, up_ec)) {
                 auto& dl = conn_->read_deadline();
                 dl.arm(sock, read_by);
-                n = co_await async_read_exhausting(sock, space, asio::redirect_error(use_awaitable, up_ec));
+                n = co_await async_read_exhausting(sock, dl, space, asio::redirect_error(use_awaitable, up_ec));
                 dl.disarm();
                 up_ec = dl.result(up_ec);
             }

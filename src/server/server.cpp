@@ -217,7 +217,7 @@ awaitable<void> Worker::session(tcp_socket sock) {
             // Idle keep-alive: wait for the first byte of the next request.
             s.idle = true;
             s.deadline.arm(s.stream.socket(), std::chrono::steady_clock::now() + seconds(cfg.idle_timeout_s));
-            const std::size_t n = co_await async_read_exhausting(s.stream.socket(), buf.prepare(4096),
+            const std::size_t n = co_await async_read_exhausting(s.stream.socket(), s.deadline, buf.prepare(4096),
                                                                  asio::redirect_error(use_awaitable, ec));
             s.deadline.disarm();
             s.idle = false;
