@@ -234,7 +234,7 @@ def main():
     wrk_dur = 1 if smoke else 3
     rounds = 1 if smoke else 3
     warm_dur = 1 if smoke else 3
-    ol_dur, ol_warm = (1, 0.5) if smoke else (8, 1)
+    ol_dur, ol_warm = (1, 0.5) if smoke else (3, 0.5)
     n_stream = 10 if smoke else 200
     n_large = 5 if smoke else 100
     n_idle = 200 if smoke else 10000
@@ -303,43 +303,62 @@ def main():
         for t in ("nginx", "relaymeter"):
             put(f"cl1_add_{q}", t, R[f"cl1_{q}"][t] - R[f"cl1_{q}"]["direct"])
 
-    # open loop at fixed rates nginx sustains: 60% of its c=64 throughput (the test) and 30%
+    # open loop at fixed rates nginx sustains: 60% of its c=64 throughput (the
+    # issue's test) and 30%; like the closed loop, `rounds` runs per rate with
+    # the targets interleaved, and the median of each figure (a single run
+    # per target let a slow spell of the machine decide the p99: single runs
+    # gave relaymeter/nginx p99 ratios of 0.26 and 8.1 with the same binaries,
+    # and 4.1 where interleaved runs of the same binaries gave 0.55, 1.0, 0.82).
     for pre, frac in (("ol", 0.6), ("ol2", 0.3)):
         rate = round(frac * R["cl64_rps"]["nginx"], -2) or 100
+        runs = {t: [] for t in TARGETS}
+        for rnd in range(rounds):
+            for t in TARGETS:
+                pids = proxy_pids.get(t)
+                c0 = cpu_ticks(pids) if pids else 0
+                r = run_openloop(port[t], rate, ol_dur, ol_warm, 64, args, small)
+                c1 = cpu_ticks(pids) if pids else 0
+                count_rm(t, r["done"], 64)
+                r["cpu"] = (c1 - c0) / CLK_TCK * 1e6 / max(1, r["done"]) if pids else None
+                runs[t].append(r)
+                log(f"open loop {rate:.0f}/s {t} round {rnd + 1}/{rounds}: p50 {r['p50']:.0f}us p99 {r['p99']:.0f}us "
+                    f"p99.9 {r['p999']:.0f}us errors {r['errors']:.0f} non2xx {r['non2xx']:.0f} unsent {r['unsent']:.0f}")
+                time.sleep(0.3)
         for t in TARGETS:
+            rs = runs[t]
             put(f"{pre}_rate", t, rate)
-            pids = proxy_pids.get(t)
-            c0 = cpu_ticks(pids) if pids else 0
-            r = run_openloop(port[t], rate, ol_dur, ol_warm, 64, args, small)
-            c1 = cpu_ticks(pids) if pids else 0
-            count_rm(t, r["done"], 64)
-            log(f"open loop {rate:.0f}/s {t}: p50 {r['p50']:.0f}us p99 {r['p99']:.0f}us p99.9 {r['p999']:.0f}us "
-                f"errors {r['errors']:.0f} non2xx {r['non2xx']:.0f} unsent {r['unsent']:.0f}")
-            put(f"{pre}_achieved", t, r["achieved"])
+            put(f"{pre}_achieved", t, statistics.median(r["achieved"] for r in rs))
             for q in ("p50", "p90", "p99", "p999"):
-                put(f"{pre}_{q}", t, r[q])
-            put(f"{pre}_err", t, r["errors"] + r["non2xx"])
-            put(f"{pre}_unsent", t, r["unsent"])
-            if pids:
-                put(f"{pre}_cpu", t, (c1 - c0) / CLK_TCK * 1e6 / max(1, r["done"]))
-            time.sleep(0.3)
+                put(f"{pre}_{q}", t, statistics.median(r[q] for r in rs))
+            put(f"{pre}_err", t, sum(r["errors"] + r["non2xx"] for r in rs))
+            put(f"{pre}_unsent", t, max(r["unsent"] for r in rs))
+            if proxy_pids.get(t):
+                put(f"{pre}_cpu", t, statistics.median(r["cpu"] for r in rs))
         for t in ("nginx", "relaymeter"):
             put(f"{pre}_add_p99", t, R[f"{pre}_p99"][t] - R[f"{pre}_p99"]["direct"])
 
-    # streams: sequential on one keep-alive connection
-    for t in TARGETS:
-        conn = Conn(port[t])
-        ttfc, total, gaps, bad = [], [], [], 0
-        for i in range(n_stream):
-            st, t0, tf, te, rts, body = conn.request("POST", "/v1/chat/completions", STREAM_BODY)
+    # streams: one keep-alive connection per target, the targets taking turns
+    # stream by stream. This VM has spells of a few hundred milliseconds in
+    # which a CPU stalls for ~3.5 ms at a time (seen with nginx and relaymeter
+    # alike, e.g. a few seconds after a burst of 256 connections); taking turns
+    # spreads a spell over all three targets instead of charging it to
+    # whichever one was being measured.
+    conns = {t: Conn(port[t]) for t in TARGETS}
+    S = {t: {"ttfc": [], "total": [], "gaps": [], "bad": 0} for t in TARGETS}
+    for i in range(n_stream):
+        for t in TARGETS:
+            st, t0, tf, te, rts, body = conns[t].request("POST", "/v1/chat/completions", STREAM_BODY)
+            acc = S[t]
             if st != 200 or b"[DONE]" not in body:
-                bad += 1
-            ttfc.append((tf - t0) / 1000)
-            total.append((te - t0) / 1000)
+                acc["bad"] += 1
+            acc["ttfc"].append((tf - t0) / 1000)
+            acc["total"].append((te - t0) / 1000)
             if len(rts) > 1:
-                gaps.append(max(b - a for a, b in zip(rts, rts[1:])) / 1000)
-        conn.close()
+                acc["gaps"].append(max(b - a for a, b in zip(rts, rts[1:])) / 1000)
+    for t in TARGETS:
+        conns[t].close()
         count_rm(t, n_stream, 0)
+        ttfc, total, gaps, bad = S[t]["ttfc"], S[t]["total"], S[t]["gaps"], S[t]["bad"]
         log(f"streams {t}: ttfc p50 {pct(ttfc, 50):.0f}us p99 {pct(ttfc, 99):.0f}us total p50 {pct(total, 50):.0f}us bad {bad}")
         put("st_ttfc_p50", t, pct(ttfc, 50))
         put("st_ttfc_p99", t, pct(ttfc, 99))
@@ -348,9 +367,13 @@ def main():
         put("st_total_p99", t, pct(total, 99))
         put("st_gap_max", t, max(gaps) if gaps else float("nan"))
         put("st_bad", t, bad)
-    for q in ("p50", "p99"):
-        for t in ("nginx", "relaymeter"):
-            put(f"st_add_ttfc_{q}", t, R[f"st_ttfc_{q}"][t] - R[f"st_ttfc_{q}"]["direct"])
+    # Added time to first chunk, paired: each stream against the direct stream
+    # of the same turn (a difference of two p99s says little when the
+    # direct p99 itself is a machine stall).
+    for t in ("nginx", "relaymeter"):
+        added = [a - d for a, d in zip(S[t]["ttfc"], S["direct"]["ttfc"])]
+        for q in (50, 99):
+            put(f"st_add_ttfc_p{q}", t, pct(added, q))
 
     # 1 MiB request body
     for t in TARGETS:
@@ -549,8 +572,8 @@ ROWS = [
     ("st_ttfc_p50", "stream: time to first chunk p50", "µs", "lo", "", None),
     ("st_ttfc_p99", "stream: time to first chunk p99", "µs", "lo", "", None),
     ("st_ttfc_max", "stream: time to first chunk max", "µs", "lo", "", None),
-    ("st_add_ttfc_p50", "stream: added TTFC over direct, p50", "µs", "lo", "", None),
-    ("st_add_ttfc_p99", "stream: added TTFC over direct, p99", "µs", "lo", "≤ 100 µs", lambda r, n: r <= 100),
+    ("st_add_ttfc_p50", "stream: added TTFC over direct (paired by turn), p50", "µs", "lo", "", None),
+    ("st_add_ttfc_p99", "stream: added TTFC over direct (paired by turn), p99", "µs", "lo", "≤ 100 µs", lambda r, n: r <= 100),
     ("st_total_p50", "stream: total time p50", "µs", "lo", "", None),
     ("st_total_p99", "stream: total time p99", "µs", "lo", "", None),
     ("st_gap_max", "stream: longest gap between reads (Nagle/delayed ACK ≈ 40 ms)", "µs", "lo",
