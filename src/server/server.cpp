@@ -123,8 +123,16 @@ class Worker;
 struct Session {
     tcp_stream stream;
     ReadDeadline deadline; // of the wait for the next request (server.idle_timeout_s)
+    std::optional<http::request_parser<http::string_body>> parser; // of the request being handled
     bool idle = true;
     explicit Session(tcp_socket s) : stream(std::move(s)), deadline(stream.get_executor()) {}
+};
+
+// Why a /v1/ request is answered by relaymeter itself rather than forwarded.
+struct Refusal {
+    http::status status;
+    std::string_view code;
+    std::string message;
 };
 
 class Worker {
@@ -169,6 +177,14 @@ private:
     awaitable<bool> handle_one(Session& s, beast::flat_buffer& buf, bool local_client);
     awaitable<bool> admin(Session& s, http::request<http::string_body>& req);
     awaitable<bool> reply(Session& s, http::response<http::string_body>& res);
+    awaitable<bool> reply_error(Session& s, http::status status, std::string_view code, std::string message,
+                                unsigned version);
+    awaitable<bool> send_continue(Session& s, unsigned version);
+    awaitable<bool> head_failed(Session& s, error_code ec, const beast::flat_buffer& buf, clock::time_point arrival);
+    std::optional<Refusal> check_head(const http::request<http::string_body>& req,
+                                      boost::optional<std::uint64_t> content_length, bool unsupported_te,
+                                      bool local_client, proxy::Origin& origin) const;
+    static Refusal body_refusal(const error_code& ec);
     void meter_unparsed(int status, std::string_view target, const beast::flat_buffer& buf,
                         clock::time_point arrival);
 
@@ -266,12 +282,107 @@ awaitable<bool> Worker::reply(Session& s, http::response<http::string_body>& res
     co_return !ec && res.keep_alive();
 }
 
+// A request head that could not be read: metered when it was for /v1/,
+// answered when there is still someone to answer.
+awaitable<bool> Worker::head_failed(Session& s, error_code ec, const beast::flat_buffer& buf,
+                                    clock::time_point arrival) {
+    const std::string_view seen_target = s.parser->get().target();
+    if (ec == http::error::header_limit) {
+        meter_unparsed(431, seen_target, buf, arrival);
+        spdlog::info("rejected a request head over server.max_header_bytes");
+        co_await reply_error(s, http::status::request_header_fields_too_large, "header_too_large",
+                             "request head exceeds server.max_header_bytes", 11);
+    } else if (ec == beast::error::timeout) {
+        // Slow head (slow-loris): the stream closed the socket when its
+        // deadline passed, so there is no 408 to send, as with nginx. The
+        // record says 408 when the request line was for /v1/.
+        meter_unparsed(408, seen_target, buf, arrival);
+        spdlog::info("closed a connection whose request head did not arrive within server.header_timeout_s");
+    } else if (ec == http::error::partial_message || ec == asio::error::eof ||
+               ec == asio::error::connection_reset) {
+        // The client went away in the middle of its head.
+        meter_unparsed(499, seen_target, buf, arrival);
+    } else if (ec != http::error::end_of_stream && ec != asio::error::operation_aborted) {
+        meter_unparsed(400, seen_target, buf, arrival);
+        spdlog::info("rejected a malformed request head: {}", ec.message());
+        co_await reply_error(s, http::status::bad_request, "bad_request", "malformed HTTP request: " + ec.message(),
+                             11);
+    }
+    co_return false;
+}
+
+std::optional<Refusal> Worker::check_head(const http::request<http::string_body>& req,
+                                          boost::optional<std::uint64_t> content_length, bool unsupported_te,
+                                          bool local_client, proxy::Origin& origin) const {
+    const auto& cfg = shared_.cfg;
+    if (shared_.protect && !local_client) {
+        return Refusal{http::status::forbidden, "protected_mode",
+                       "relaymeter spends its own upstream key and serves only loopback clients: configure "
+                       "auth.keys or set server.protected_mode: false"};
+    }
+    if (cfg.auth.enabled) {
+        const auto presented = bearer(req[http::field::authorization]);
+        // Every key is compared, in constant time, whichever matches.
+        const config::AuthKey* match = nullptr;
+        for (const auto& k : cfg.auth.keys) {
+            if (constant_time_equal(presented, k.key)) match = &k;
+        }
+        if (match == nullptr) return Refusal{http::status::unauthorized, "invalid_api_key", "missing or invalid relaymeter API key"};
+        origin.key = match->name;
+    }
+    if (unsupported_te) {
+        return Refusal{http::status::not_implemented, "unsupported_transfer_encoding",
+                       "only the chunked transfer coding is supported"};
+    }
+    if (content_length && *content_length > cfg.server.max_request_body_bytes) {
+        return Refusal{http::status::payload_too_large, "body_too_large",
+                       "request body exceeds server.max_request_body_bytes"};
+    }
+    return std::nullopt;
+}
+
+Refusal Worker::body_refusal(const error_code& ec) {
+    if (ec == http::error::body_limit) {
+        return {http::status::payload_too_large, "body_too_large", "request body exceeds server.max_request_body_bytes"};
+    }
+    if (ec == beast::error::timeout) return {http::status::request_timeout, "body_timeout", "request body not received in time"};
+    // The client went away or sent a broken body: record it, answer if we still can.
+    const bool gone = ec == http::error::end_of_stream || ec == http::error::partial_message || ec == asio::error::eof ||
+                      ec == asio::error::connection_reset;
+    if (gone) return {static_cast<http::status>(499), "client_closed", "malformed request body: " + ec.message()};
+    return {http::status::bad_request, "bad_request", "malformed request body: " + ec.message()};
+}
+
+// The error answers and the interim 100 of handle_one, each in its own
+// (rarely made) coroutine frame: as locals of handle_one they made its frame,
+// allocated for every request, 2.3 KiB.
+awaitable<bool> Worker::reply_error(Session& s, http::status status, std::string_view code, std::string message,
+                                    unsigned version) {
+    auto res = proxy::error_response(status, code, message, version, false, {});
+    co_return co_await reply(s, res);
+}
+
+awaitable<bool> Worker::send_continue(Session& s, unsigned version) {
+    http::response<http::empty_body> cont{http::status::continue_, version};
+    error_code ec;
+    s.stream.expires_after(seconds(shared_.cfg.server.header_timeout_s));
+    co_await http::async_write(s.stream, cont, asio::redirect_error(use_awaitable, ec));
+    co_return !ec;
+}
+
 awaitable<bool> Worker::handle_one(Session& s, beast::flat_buffer& buf, bool local_client) {
     const auto arrival = clock::now();
     const auto& cfg = shared_.cfg;
     error_code ec;
 
-    http::request_parser<http::string_body> parser;
+    // The parser (and the request it holds) lives in the session, not in
+    // this coroutine's frame, which is allocated for every request; it is
+    // let go when the request is done.
+    auto& parser = s.parser.emplace();
+    struct Release {
+        Session& s;
+        ~Release() { s.parser.reset(); }
+    } release{s};
     parser.header_limit(cfg.server.max_header_bytes);
     // The body limit is set once the head is in: Beast checks Content-Length
     // against it while finishing the head, and we answer that case ourselves
@@ -297,33 +408,7 @@ awaitable<bool> Worker::handle_one(Session& s, beast::flat_buffer& buf, bool loc
         s.stream.expires_after(seconds(cfg.server.header_timeout_s));
         co_await http::async_read_header(s.stream, buf, parser, asio::redirect_error(use_awaitable, ec));
     }
-    if (ec) {
-        const std::string_view seen_target = parser.get().target();
-        if (ec == http::error::header_limit) {
-            meter_unparsed(431, seen_target, buf, arrival);
-            spdlog::info("rejected a request head over server.max_header_bytes");
-            auto res = proxy::error_response(http::status::request_header_fields_too_large, "header_too_large",
-                                             "request head exceeds server.max_header_bytes", 11, false, {});
-            co_await reply(s, res);
-        } else if (ec == beast::error::timeout) {
-            // Slow head (slow-loris): the stream closed the socket when its
-            // deadline passed, so there is no 408 to send, as with nginx. The
-            // record says 408 when the request line was for /v1/.
-            meter_unparsed(408, seen_target, buf, arrival);
-            spdlog::info("closed a connection whose request head did not arrive within server.header_timeout_s");
-        } else if (ec == http::error::partial_message || ec == asio::error::eof ||
-                   ec == asio::error::connection_reset) {
-            // The client went away in the middle of its head.
-            meter_unparsed(499, seen_target, buf, arrival);
-        } else if (ec != http::error::end_of_stream && ec != asio::error::operation_aborted) {
-            meter_unparsed(400, seen_target, buf, arrival);
-            spdlog::info("rejected a malformed request head: {}", ec.message());
-            auto res = proxy::error_response(http::status::bad_request, "bad_request",
-                                             "malformed HTTP request: " + ec.message(), 11, false, {});
-            co_await reply(s, res);
-        }
-        co_return false;
-    }
+    if (ec) co_return co_await head_failed(s, ec, buf, arrival);
 
     parser.body_limit(cfg.server.max_request_body_bytes);
     auto& req = parser.get();
@@ -342,10 +427,8 @@ awaitable<bool> Worker::handle_one(Session& s, beast::flat_buffer& buf, bool loc
     }
     if (target.substr(0, 4) != "/v1/") {
         if (unsupported_te) {
-            auto res = proxy::error_response(http::status::not_implemented, "unsupported_transfer_encoding",
-                                             "only the chunked transfer coding is supported", req.version(),
-                                             false, {});
-            co_await reply(s, res);
+            co_await reply_error(s, http::status::not_implemented, "unsupported_transfer_encoding",
+                                 "only the chunked transfer coding is supported", req.version());
             co_return false;
         }
         // Admin endpoints and 404s: read (and bound) the body, never metered.
@@ -356,10 +439,8 @@ awaitable<bool> Worker::handle_one(Session& s, beast::flat_buffer& buf, bool loc
         }
         if (ec) {
             if (ec == http::error::body_limit) {
-                auto res = proxy::error_response(http::status::payload_too_large, "body_too_large",
-                                                 "request body exceeds server.max_request_body_bytes",
-                                                 req.version(), false, {});
-                co_await reply(s, res);
+                co_await reply_error(s, http::status::payload_too_large, "body_too_large",
+                                     "request body exceeds server.max_request_body_bytes", req.version());
             }
             co_return false;
         }
@@ -377,66 +458,23 @@ awaitable<bool> Worker::handle_one(Session& s, beast::flat_buffer& buf, bool loc
     const unsigned version = req.version();
     const bool keep_alive = req.keep_alive();
 
-    if (shared_.protect && !local_client) {
-        co_return co_await proxy::reject(
-            pctx_, s.stream, http::status::forbidden, "protected_mode",
-            "relaymeter spends its own upstream key and serves only loopback clients: configure auth.keys or "
-            "set server.protected_mode: false",
-            version, false, "none", origin);
-    }
-    if (cfg.auth.enabled) {
-        const auto presented = bearer(req[http::field::authorization]);
-        // Every key is compared, in constant time, whichever matches.
-        const config::AuthKey* match = nullptr;
-        for (const auto& k : cfg.auth.keys) {
-            if (constant_time_equal(presented, k.key)) match = &k;
-        }
-        if (match != nullptr) origin.key = match->name;
-        if (match == nullptr) {
-            co_return co_await proxy::reject(pctx_, s.stream, http::status::unauthorized, "invalid_api_key",
-                                             "missing or invalid relaymeter API key", version, false, "none", origin);
-        }
-    }
-    if (unsupported_te) {
-        co_return co_await proxy::reject(pctx_, s.stream, http::status::not_implemented,
-                                         "unsupported_transfer_encoding",
-                                         "only the chunked transfer coding is supported", version, false, "none",
-                                         origin);
-    }
-    if (auto len = parser.content_length(); len && *len > cfg.server.max_request_body_bytes) {
-        co_return co_await proxy::reject(pctx_, s.stream, http::status::payload_too_large, "body_too_large",
-                                         "request body exceeds server.max_request_body_bytes", version, false,
-                                         "none", origin);
-    }
-    parse_buffered(true);
-    if (!ec && !parser.is_done()) {
-        if (beast::iequals(req[http::field::expect], "100-continue")) {
-            http::response<http::empty_body> cont{http::status::continue_, version};
-            s.stream.expires_after(seconds(cfg.server.header_timeout_s));
-            co_await http::async_write(s.stream, cont, asio::redirect_error(use_awaitable, ec));
-            if (ec) co_return false;
-        }
-        s.stream.expires_after(seconds(cfg.upstream.request_timeout_s));
-        co_await http::async_read(s.stream, buf, parser, asio::redirect_error(use_awaitable, ec));
-    }
-    {
-        if (ec) {
-            if (ec == http::error::body_limit) {
-                co_return co_await proxy::reject(pctx_, s.stream, http::status::payload_too_large, "body_too_large",
-                                                 "request body exceeds server.max_request_body_bytes", version,
-                                                 false, "none", origin);
+    // Refusals of the head, then of the body, all answered at one place (each
+    // co_await of its own made the frame of this coroutine bigger).
+    std::optional<Refusal> refusal = check_head(req, parser.content_length(), unsupported_te, local_client, origin);
+    if (!refusal) {
+        parse_buffered(true);
+        if (!ec && !parser.is_done()) {
+            if (beast::iequals(req[http::field::expect], "100-continue")) {
+                if (!co_await send_continue(s, version)) co_return false;
             }
-            if (ec == beast::error::timeout) {
-                co_return co_await proxy::reject(pctx_, s.stream, http::status::request_timeout, "body_timeout",
-                                                 "request body not received in time", version, false, "none", origin);
-            }
-            // The client went away or sent a broken body: record it, answer if we still can.
-            const bool gone = ec == http::error::end_of_stream || ec == http::error::partial_message ||
-                              ec == asio::error::eof || ec == asio::error::connection_reset;
-            co_return co_await proxy::reject(pctx_, s.stream, gone ? static_cast<http::status>(499) : http::status::bad_request,
-                                             gone ? "client_closed" : "bad_request",
-                                             "malformed request body: " + ec.message(), version, false, "none", origin);
+            s.stream.expires_after(seconds(cfg.upstream.request_timeout_s));
+            co_await http::async_read(s.stream, buf, parser, asio::redirect_error(use_awaitable, ec));
         }
+        if (ec) refusal = body_refusal(ec);
+    }
+    if (refusal) {
+        co_return co_await proxy::reject(pctx_, s.stream, refusal->status, refusal->code, refusal->message, version,
+                                         false, "none", origin);
     }
     const bool keep = co_await proxy::forward(pctx_, s.stream, req, origin);
     co_return keep && keep_alive;
