@@ -519,9 +519,11 @@ def machine_note(args):
         "fake_upstream --threads 1; wrk -t1; open loop: bench/openloop (1 thread)",
         f"- tools: {ver(['nginx', '-v'])}; {ver(['wrk', '-v'])}; relaymeter {ver(['git', '-C', os.path.dirname(args.bench_dir), 'rev-parse', '--short', 'HEAD'])}",
         f"- streams: fake_upstream --chunks {args.chunks} --chunk-interval-ms {args.chunk_interval_ms:g}",
-        "- closed loop: " + ("1 run of 1 s per target and level" if args.smoke else
-                             "3 runs of 3 s per target and level, targets interleaved; each figure is the median of "
-                             "its 3 runs (every run is in the log)"),
+        "- closed and open loop: " + ("1 run of 1 s per target and level or rate" if args.smoke else
+                                      "3 runs of 3 s per target and level or rate, targets interleaved; each figure "
+                                      "is the median of its 3 runs (every run is in the log)"),
+        "- stream turns: the targets take turns stream by stream; the added time to first chunk is the proxy's minus "
+        "the direct stream's of the same turn",
     ])
 
 
