@@ -390,17 +390,31 @@ awaitable<bool> Worker::handle_one(Session& s, beast::flat_buffer& buf, bool loc
     parser.body_limit(std::numeric_limits<std::uint64_t>::max());
     // What is already buffered (usually the whole request) is parsed here:
     // async_read_header/async_read complete through the scheduler even when
-    // no byte has to be read, a round trip per call.
+    // no byte has to be read, a round trip per call. When that is not all,
+    // the socket is read once directly before Beast waits for more: the
+    // session's read may have taken the client's FIN or reset together with
+    // the first bytes, which raises no later edge (async_read_exhausting,
+    // net.hpp), and Beast's read would then wait for the header timeout.
     auto parse_buffered = [&](bool body) {
         parser.eager(body);
-        while (buf.size() > 0 && !(body ? parser.is_done() : parser.is_header_done())) {
-            const std::size_t n = parser.put(buf.data(), ec);
-            buf.consume(n);
-            if (ec == http::error::need_more) {
-                ec = {};
-                break;
+        const auto done = [&] { return body ? parser.is_done() : parser.is_header_done(); };
+        bool socket_read = false;
+        for (;;) {
+            while (buf.size() > 0 && !done()) {
+                const std::size_t n = parser.put(buf.data(), ec);
+                buf.consume(n);
+                if (ec == http::error::need_more) {
+                    ec = {};
+                    break;
+                }
+                if (ec || n == 0) break;
             }
-            if (ec || n == 0) break;
+            if (ec || done() || socket_read) break;
+            socket_read = true;
+            std::size_t n = 0;
+            if (!read_now(s.stream.socket(), buf.prepare(16 * 1024), n, ec)) break; // nothing yet: Beast waits
+            buf.commit(n);
+            if (ec) break; // end of stream or reset: the client went away
         }
     };
     parse_buffered(false);
