@@ -124,6 +124,7 @@ struct Session {
     tcp_stream stream;
     ReadDeadline deadline; // of the wait for the next request (server.idle_timeout_s)
     std::optional<http::request_parser<http::string_body>> parser; // of the request being handled
+    bool unread = false; // the last request was not read to its end (refused body, bad head)
     bool idle = true;
     explicit Session(tcp_socket s) : stream(std::move(s)), deadline(stream.get_executor()) {}
 };
@@ -180,6 +181,7 @@ private:
     awaitable<bool> reply_error(Session& s, http::status status, std::string_view code, std::string message,
                                 unsigned version);
     awaitable<bool> send_continue(Session& s, unsigned version);
+    awaitable<void> linger_close(Session& s, beast::flat_buffer& buf);
     awaitable<bool> head_failed(Session& s, error_code ec, const beast::flat_buffer& buf, clock::time_point arrival);
     std::optional<Refusal> check_head(const http::request<http::string_body>& req,
                                       boost::optional<std::uint64_t> content_length, bool unsupported_te,
@@ -226,6 +228,7 @@ awaitable<void> Worker::session(tcp_socket sock) {
     auto it = sessions_.insert(sessions_.end(), &s);
     beast::flat_buffer buf;
     const auto& cfg = shared_.cfg.server;
+    bool linger = false;
 
     for (;;) {
         if (shared_.stopping) break;
@@ -248,11 +251,41 @@ awaitable<void> Worker::session(tcp_socket sock) {
             spdlog::error("session error: {}", e.what());
         }
         shared_.busy_done();
-        if (!keep) break;
+        if (!keep) {
+            linger = s.unread || buf.size() > 0;
+            break;
+        }
     }
     s.stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+    if (linger && !shared_.stopping) co_await linger_close(s, buf);
     s.stream.socket().close(ec);
     sessions_.erase(it);
+}
+
+// Lingering close, as nginx's lingering_close: when an answer ends the
+// connection while the client may still be sending (a body refused before it
+// was read, a head that could not be parsed), read and discard what comes
+// until the client closes. Closing with its bytes unread would send a reset,
+// and a reset can destroy the answer on its way or in the client's buffers
+// before the client reads it. At most kLingerRead between reads and
+// kLingerTotal in all; a draining daemon closes it at once (idle).
+awaitable<void> Worker::linger_close(Session& s, beast::flat_buffer& buf) {
+    constexpr auto kLingerRead = std::chrono::seconds(5);
+    constexpr auto kLingerTotal = std::chrono::seconds(30);
+    s.idle = true;
+    const auto until = std::chrono::steady_clock::now() + kLingerTotal;
+    error_code ec;
+    // Once directly first: the client's FIN may have come with the last bytes
+    // read, without a later edge (async_read_exhausting, net.hpp).
+    std::size_t n = 0;
+    read_now(s.stream.socket(), buf.prepare(16 * 1024), n, ec);
+    while (!ec && std::chrono::steady_clock::now() < until) {
+        buf.consume(buf.size());
+        s.deadline.arm(s.stream.socket(), std::min(std::chrono::steady_clock::now() + kLingerRead, until));
+        co_await async_read_exhausting(s.stream.socket(), s.deadline, buf.prepare(16 * 1024),
+                                       asio::redirect_error(use_awaitable, ec));
+        s.deadline.disarm();
+    }
 }
 
 void Worker::meter_unparsed(int status, std::string_view target, const beast::flat_buffer& buf,
@@ -381,7 +414,10 @@ awaitable<bool> Worker::handle_one(Session& s, beast::flat_buffer& buf, bool loc
     auto& parser = s.parser.emplace();
     struct Release {
         Session& s;
-        ~Release() { s.parser.reset(); }
+        ~Release() {
+            s.unread = !s.parser->is_done();
+            s.parser.reset();
+        }
     } release{s};
     parser.header_limit(cfg.server.max_header_bytes);
     // The body limit is set once the head is in: Beast checks Content-Length

@@ -396,6 +396,30 @@ TEST_CASE("badinput: a declared oversized body gets 413 before it is read", "[in
     check_alive(d.port(), total);
 }
 
+TEST_CASE("badinput: a refused body is read and discarded before the close, not answered with a reset",
+          "[integration][badinput]") {
+    fake::FakeUpstream up;
+    Daemon d(daemon_yaml(up.base_url())); // max_request_body_bytes: 1 MiB
+    RawConnection c(d.port());
+    c.send("POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+           "Content-Length: 16777216\r\n\r\n");
+    // The client goes on sending the body it declared, as clients that do not
+    // wait for the answer do: 16 MiB, more than the two sockets' buffers hold,
+    // so it gets through only if the daemon keeps reading after its 413.
+    // Closing with those bytes unread would send a reset (this send throws).
+    const std::string chunk(64 * 1024, 'a');
+    for (int i = 0; i < 256; ++i) c.send(chunk);
+    c.shutdown_send();
+    const auto got = c.read_until_close(10s);
+    CHECK(got.rfind("HTTP/1.1 413", 0) == 0);
+    CHECK(got.find("body_too_large") != std::string::npos);
+    CHECK(up.request_count() == 0);
+    auto s = wait_total(d.port(), 1);
+    CHECK(status_count(model_entry(s, "none"), 413) == 1);
+    std::uint64_t total = 1;
+    check_alive(d.port(), total);
+}
+
 TEST_CASE("badinput: invalid or truncated JSON bodies are forwarded byte for byte, metered as model none",
           "[integration][badinput]") {
     fake::FakeUpstream up({}, [](const fake::Request&) {

@@ -376,6 +376,10 @@ bool RawConnection::peer_closed(std::chrono::milliseconds timeout) {
     }
 }
 
+void RawConnection::shutdown_send() {
+    if (fd_ >= 0) ::shutdown(fd_, SHUT_WR);
+}
+
 void RawConnection::close() {
     if (fd_ >= 0) ::close(fd_);
     fd_ = -1;

@@ -77,6 +77,7 @@ public:
     // is kept for the next read.
     std::string read_until(const std::string& needle, std::chrono::milliseconds timeout);
     bool peer_closed(std::chrono::milliseconds timeout); // true if EOF/reset arrives within timeout
+    void shutdown_send(); // half-close: the peer reads end-of-stream, this side can still read
     void close();
 
 private:
