@@ -276,29 +276,38 @@ def main():
     # can land in a slow placement the next does not (seen: the same binary
     # at 24k and 34k req/s in consecutive runs); interleaving and medians keep
     # such luck from deciding a ratio. Every run is logged.
-    for c in levels:
+    def interleaved(label, run, done_key, conns, describe):
+        """`rounds` runs of each target, the targets interleaved; each run's
+        result gets the proxy's CPU time per request as "cpu"."""
         runs = {t: [] for t in TARGETS}
         for rnd in range(rounds):
             for t in TARGETS:
                 pids = proxy_pids.get(t)
                 c0 = cpu_ticks(pids) if pids else 0
-                r = run_wrk(port[t], c, wrk_dur, args, small)
+                r = run(port[t])
                 c1 = cpu_ticks(pids) if pids else 0
-                count_rm(t, r["requests"], c)
-                r["cpu"] = (c1 - c0) / CLK_TCK * 1e6 / max(1, r["requests"]) if pids else None
+                count_rm(t, r[done_key], conns)
+                r["cpu"] = (c1 - c0) / CLK_TCK * 1e6 / max(1, r[done_key]) if pids else None
                 runs[t].append(r)
                 cpu_txt = f" cpu {r['cpu']:.1f}us/req" if pids else ""
-                log(f"closed c={c} {t} round {rnd + 1}/{rounds}: {r['rps']:.0f} req/s p50 {r['p50']:.0f}us "
-                    f"p99 {r['p99']:.0f}us errors {r['errors']:.0f}{cpu_txt}")
+                log(f"{label} {t} round {rnd + 1}/{rounds}: {describe(r)}{cpu_txt}")
                 time.sleep(0.3)
-        for t in TARGETS:
-            rs = runs[t]
-            put(f"cl{c}_rps", t, statistics.median(r["rps"] for r in rs))
-            for q in ("p50", "p90", "p99", "p999"):
-                put(f"cl{c}_{q}", t, statistics.median(r[q] for r in rs))
-            put(f"cl{c}_err", t, sum(r["errors"] for r in rs))
+        return runs
+
+    def put_medians(pre, runs, keys):
+        for t, rs in runs.items():
+            for k in keys:
+                put(f"{pre}_{k}", t, statistics.median(r[k] for r in rs))
             if proxy_pids.get(t):
-                put(f"cl{c}_cpu", t, statistics.median(r["cpu"] for r in rs))
+                put(f"{pre}_cpu", t, statistics.median(r["cpu"] for r in rs))
+
+    for c in levels:
+        runs = interleaved(f"closed c={c}", lambda p: run_wrk(p, c, wrk_dur, args, small), "requests", c,
+                           lambda r: f"{r['rps']:.0f} req/s p50 {r['p50']:.0f}us p99 {r['p99']:.0f}us "
+                                     f"errors {r['errors']:.0f}")
+        put_medians(f"cl{c}", runs, ("rps", "p50", "p90", "p99", "p999"))
+        for t, rs in runs.items():
+            put(f"cl{c}_err", t, sum(r["errors"] for r in rs))
     for q in ("p50", "p90", "p99", "p999"):
         for t in ("nginx", "relaymeter"):
             put(f"cl1_add_{q}", t, R[f"cl1_{q}"][t] - R[f"cl1_{q}"]["direct"])
@@ -311,29 +320,15 @@ def main():
     # and 4.1 where interleaved runs of the same binaries gave 0.55, 1.0, 0.82).
     for pre, frac in (("ol", 0.6), ("ol2", 0.3)):
         rate = round(frac * R["cl64_rps"]["nginx"], -2) or 100
-        runs = {t: [] for t in TARGETS}
-        for rnd in range(rounds):
-            for t in TARGETS:
-                pids = proxy_pids.get(t)
-                c0 = cpu_ticks(pids) if pids else 0
-                r = run_openloop(port[t], rate, ol_dur, ol_warm, 64, args, small)
-                c1 = cpu_ticks(pids) if pids else 0
-                count_rm(t, r["done"], 64)
-                r["cpu"] = (c1 - c0) / CLK_TCK * 1e6 / max(1, r["done"]) if pids else None
-                runs[t].append(r)
-                log(f"open loop {rate:.0f}/s {t} round {rnd + 1}/{rounds}: p50 {r['p50']:.0f}us p99 {r['p99']:.0f}us "
-                    f"p99.9 {r['p999']:.0f}us errors {r['errors']:.0f} non2xx {r['non2xx']:.0f} unsent {r['unsent']:.0f}")
-                time.sleep(0.3)
-        for t in TARGETS:
-            rs = runs[t]
+        runs = interleaved(f"open loop {rate:.0f}/s", lambda p: run_openloop(p, rate, ol_dur, ol_warm, 64, args, small),
+                           "done", 64,
+                           lambda r: f"p50 {r['p50']:.0f}us p99 {r['p99']:.0f}us p99.9 {r['p999']:.0f}us "
+                                     f"errors {r['errors']:.0f} non2xx {r['non2xx']:.0f} unsent {r['unsent']:.0f}")
+        put_medians(pre, runs, ("achieved", "p50", "p90", "p99", "p999"))
+        for t, rs in runs.items():
             put(f"{pre}_rate", t, rate)
-            put(f"{pre}_achieved", t, statistics.median(r["achieved"] for r in rs))
-            for q in ("p50", "p90", "p99", "p999"):
-                put(f"{pre}_{q}", t, statistics.median(r[q] for r in rs))
             put(f"{pre}_err", t, sum(r["errors"] + r["non2xx"] for r in rs))
             put(f"{pre}_unsent", t, max(r["unsent"] for r in rs))
-            if proxy_pids.get(t):
-                put(f"{pre}_cpu", t, statistics.median(r["cpu"] for r in rs))
         for t in ("nginx", "relaymeter"):
             put(f"{pre}_add_p99", t, R[f"{pre}_p99"][t] - R[f"{pre}_p99"]["direct"])
 

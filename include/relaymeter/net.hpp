@@ -58,6 +58,11 @@ using steady_timer = asio::steady_timer::rebind_executor<executor>::other;
 // and a client that half-closes right after its request is closed at
 // server.idle_timeout_s rather than at once.
 #if BOOST_VERSION == 107400 && defined(BOOST_ASIO_HAS_EPOLL)
+#define RELAYMETER_EXHAUSTING_READ 1
+#else
+#define RELAYMETER_EXHAUSTING_READ 0
+#endif
+#if RELAYMETER_EXHAUSTING_READ
 namespace detail {
 
 template <class Socket>
@@ -140,8 +145,8 @@ inline bool read_now(tcp_socket& sock, asio::mutable_buffer b, std::size_t& n, e
 // tcp_stream timeouts cover only the reads made through the tcp_stream).
 // Moving the deadline costs no timer operation: the timer is re-armed only
 // when it fires before the current deadline. When it fires at or after it, it
-// cancels the socket's pending read (operation_aborted) and timed_out() is
-// true until the next arm().
+// cancels the socket's pending read (operation_aborted), which result()
+// reports as Beast's timeout error until the next arm().
 class ReadDeadline {
 public:
     using time_point = std::chrono::steady_clock::time_point;
@@ -165,12 +170,13 @@ public:
     }
     // After the read: no deadline until the next arm().
     void disarm() { st_->at = time_point::max(); }
-    bool timed_out() const { return st_->fired; }
     // The read's error as the caller should see it: a cancellation by the
     // deadline is Beast's timeout error, as with a tcp_stream.
     error_code result(const error_code& ec) const {
-        return ec == asio::error::operation_aborted && timed_out() ? error_code(beast::error::timeout) : ec;
+        return ec == asio::error::operation_aborted && st_->fired ? error_code(beast::error::timeout) : ec;
     }
+    // The context's reactor, looked up once (use_service locks and searches).
+    asio::detail::reactor& reactor() const { return *reactor_; }
 
 private:
     struct State {
@@ -200,18 +206,16 @@ private:
     }
 
     std::shared_ptr<State> st_;
-    asio::detail::reactor* reactor_; // the context's, looked up once (use_service locks and searches)
-
-    friend asio::detail::reactor& reactor_of(ReadDeadline& dl) { return *dl.reactor_; }
+    asio::detail::reactor* reactor_;
 };
 
 // Reads some bytes from `sock` into `b` (see "An asynchronous read that tells
 // the reactor..." above); `dl` is the deadline armed for it.
 template <class Token>
 auto async_read_exhausting(tcp_socket& sock, ReadDeadline& dl, asio::mutable_buffer b, Token&& token) {
-#if BOOST_VERSION == 107400 && defined(BOOST_ASIO_HAS_EPOLL)
+#if RELAYMETER_EXHAUSTING_READ
     return asio::async_initiate<Token, void(error_code, std::size_t)>(detail::InitiateExhaustingRead{}, token,
-                                                                      &sock, &reactor_of(dl), b);
+                                                                      &sock, &dl.reactor(), b);
 #else
     (void)dl;
     return sock.async_read_some(b, std::forward<Token>(token));
