@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import re
 import resource
 import socket
@@ -216,8 +217,11 @@ def main():
     ap.add_argument("--chunk-interval-ms", type=float, required=True)
     ap.add_argument("--command", default="bash bench/run.sh")
     ap.add_argument("--notes", default="")
+    ap.add_argument("--seed", type=int, default=None, help="of the shuffled run order (default: the time)")
     ap.add_argument("--pre-sent", type=int, default=0, help="requests run.sh already sent to relaymeter")
     args = ap.parse_args()
+    if args.seed is None:
+        args.seed = int(time.time()) % 100000
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
@@ -231,8 +235,10 @@ def main():
 
     smoke = args.smoke
     levels = [1, 16, 64, 256]
-    wrk_dur = 1 if smoke else 3
-    rounds = 1 if smoke else 3
+    wrk_dur = 1                      # closed loop: many short rounds...
+    cl_rounds = 1 if smoke else 9
+    rounds = 1 if smoke else 3       # ...open loop: fewer, longer ones
+    order = random.Random(args.seed)
     warm_dur = 1 if smoke else 3
     ol_dur, ol_warm = (1, 0.5) if smoke else (3, 0.5)
     n_stream = 10 if smoke else 200
@@ -269,19 +275,24 @@ def main():
         r = run_wrk(port[t], 64, warm_dur, args, small)
         count_rm(t, r["requests"], 64)
 
-    # closed loop: `rounds` short runs per level, the targets interleaved
-    # (direct, nginx, relaymeter, direct, ...), and the median of each figure.
-    # On a shared 2-core VM where the load generator, the proxy and the fake
-    # upstream are placed on the cores by the scheduler, one run of a target
-    # can land in a slow placement the next does not (seen: the same binary
-    # at 24k and 34k req/s in consecutive runs); interleaving and medians keep
-    # such luck from deciding a ratio. Every run is logged.
-    def interleaved(label, run, done_key, conns, describe):
-        """`rounds` runs of each target, the targets interleaved; each run's
-        result gets the proxy's CPU time per request as "cpu"."""
+    # closed loop: 9 rounds of 1 s per level, each round running the three
+    # targets in a shuffled order (seeded: --seed), and the median of each
+    # figure; the throughput ratio is also given as the median of the rounds'
+    # own relaymeter/nginx ratios. On a shared 2-core VM where the load
+    # generator, the proxy and the fake upstream are placed on the cores by the
+    # scheduler, the whole machine has slow spells of seconds (seen: the same
+    # binary at 24k and 34k req/s in consecutive runs, with the fake upstream's
+    # CPU per request up by as much); runs a second apart share a spell, so the
+    # per-round ratio cancels it, and shuffling keeps one target from always
+    # running right after another. Every run is logged.
+    def interleaved(label, run, done_key, conns, describe, n_rounds):
+        """`n_rounds` runs of each target, the targets shuffled in each round;
+        each run's result gets the proxy's CPU time per request as "cpu"."""
         runs = {t: [] for t in TARGETS}
-        for rnd in range(rounds):
-            for t in TARGETS:
+        for rnd in range(n_rounds):
+            turn = list(TARGETS)
+            order.shuffle(turn)
+            for t in turn:
                 pids = proxy_pids.get(t)
                 c0 = cpu_ticks(pids) if pids else 0
                 r = run(port[t])
@@ -290,7 +301,7 @@ def main():
                 r["cpu"] = (c1 - c0) / CLK_TCK * 1e6 / max(1, r[done_key]) if pids else None
                 runs[t].append(r)
                 cpu_txt = f" cpu {r['cpu']:.1f}us/req" if pids else ""
-                log(f"{label} {t} round {rnd + 1}/{rounds}: {describe(r)}{cpu_txt}")
+                log(f"{label} {t} round {rnd + 1}/{n_rounds}: {describe(r)}{cpu_txt}")
                 time.sleep(0.3)
         return runs
 
@@ -304,8 +315,10 @@ def main():
     for c in levels:
         runs = interleaved(f"closed c={c}", lambda p: run_wrk(p, c, wrk_dur, args, small), "requests", c,
                            lambda r: f"{r['rps']:.0f} req/s p50 {r['p50']:.0f}us p99 {r['p99']:.0f}us "
-                                     f"errors {r['errors']:.0f}")
+                                     f"errors {r['errors']:.0f}", cl_rounds)
         put_medians(f"cl{c}", runs, ("rps", "p50", "p90", "p99", "p999"))
+        pairs = [rm["rps"] / ng["rps"] for rm, ng in zip(runs["relaymeter"], runs["nginx"]) if ng["rps"] > 0]
+        put(f"cl{c}_pair", "relaymeter", statistics.median(pairs) if pairs else None)
         for t, rs in runs.items():
             put(f"cl{c}_err", t, sum(r["errors"] for r in rs))
     for q in ("p50", "p90", "p99", "p999"):
@@ -323,7 +336,8 @@ def main():
         runs = interleaved(f"open loop {rate:.0f}/s", lambda p: run_openloop(p, rate, ol_dur, ol_warm, 64, args, small),
                            "done", 64,
                            lambda r: f"p50 {r['p50']:.0f}us p99 {r['p99']:.0f}us p99.9 {r['p999']:.0f}us "
-                                     f"errors {r['errors']:.0f} non2xx {r['non2xx']:.0f} unsent {r['unsent']:.0f}")
+                                     f"errors {r['errors']:.0f} non2xx {r['non2xx']:.0f} unsent {r['unsent']:.0f}",
+                           rounds)
         put_medians(pre, runs, ("achieved", "p50", "p90", "p99", "p999"))
         for t, rs in runs.items():
             put(f"{pre}_rate", t, rate)
@@ -515,8 +529,9 @@ def machine_note(args):
         f"- tools: {ver(['nginx', '-v'])}; {ver(['wrk', '-v'])}; relaymeter {ver(['git', '-C', os.path.dirname(args.bench_dir), 'rev-parse', '--short', 'HEAD'])}",
         f"- streams: fake_upstream --chunks {args.chunks} --chunk-interval-ms {args.chunk_interval_ms:g}",
         "- closed and open loop: " + ("1 run of 1 s per target and level or rate" if args.smoke else
-                                      "3 runs of 3 s per target and level or rate, targets interleaved; each figure "
-                                      "is the median of its 3 runs (every run is in the log)"),
+                                      f"closed loop 9 rounds of 1 s per level, open loop 3 rounds of 3 s per rate; "
+                                      f"each round runs the three targets in a shuffled order (seed {args.seed}); "
+                                      "each figure is the median of its runs (every run is in the log)"),
         "- stream turns: the targets take turns stream by stream; the added time to first chunk is the proxy's minus "
         "the direct stream's of the same turn",
     ])
@@ -528,6 +543,10 @@ ROWS = [
     ("cl16_rps", "closed loop c=16: req/s", "req/s", "hi", "", None),
     ("cl64_rps", "closed loop c=64: req/s", "req/s", "hi", "≥ 1.0× nginx", lambda r, n: r >= n),
     ("cl256_rps", "closed loop c=256: req/s", "req/s", "hi", "≥ 1.0× nginx", lambda r, n: r >= n),
+    ("cl64_pair", "c=64 throughput relaymeter/nginx, median of the rounds' ratios", "×", None, "≥ 1.0",
+     lambda r, n: r >= 1.0),
+    ("cl256_pair", "c=256 throughput relaymeter/nginx, median of the rounds' ratios", "×", None, "≥ 1.0",
+     lambda r, n: r >= 1.0),
     ("cl1_p50", "c=1 latency p50", "µs", "lo", "", None),
     ("cl1_p90", "c=1 latency p90", "µs", "lo", "", None),
     ("cl1_p99", "c=1 latency p99", "µs", "lo", "", None),
@@ -563,6 +582,7 @@ ROWS = [
     ("ol2_add_p99", "open loop 30%: added over direct, p99", "µs", "lo", "", None),
     ("ol2_unsent", "open loop 30%: requests still queued at the end (target saturated)", "", None, "", None),
     ("cl64_cpu", "proxy CPU per request, closed loop c=64", "µs", "lo", "≤ nginx", lambda r, n: r <= n),
+    ("cl256_cpu", "proxy CPU per request, closed loop c=256", "µs", "lo", "", None),
     ("cl1_cpu", "proxy CPU per request, closed loop c=1", "µs", "lo", "", None),
     ("ol_cpu", "proxy CPU per request, open loop 60%", "µs", "lo", "≤ nginx", lambda r, n: r <= n),
     ("ol2_cpu", "proxy CPU per request, open loop 30%", "µs", "lo", "≤ nginx", lambda r, n: r <= n),
@@ -604,6 +624,8 @@ def fmt(v, unit):
         return f"{v:.2f}"
     if unit == "KiB":
         return f"{v:.1f}"
+    if unit == "×":
+        return f"{v:.3f}"
     if abs(v) >= 100 or unit in ("req/s", ""):
         return f"{v:.0f}"
     return f"{v:.1f}"
