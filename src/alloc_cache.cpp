@@ -5,8 +5,9 @@
 // class is known again when it is freed: from the size the sized delete is
 // given, or from malloc_usable_size() for the unsized delete (which Asio uses
 // for coroutine frames). A block freed on another thread than the one that
-// allocated it simply joins that thread's cache. The other replaceable forms (new[], nothrow, sized and
-// array deletes) are libstdc++'s, which forward to these.
+// allocated it simply joins that thread's cache. The other replaceable forms
+// (array and nothrow new, array deletes) are libstdc++'s, which forward to
+// these; the aligned forms stay libstdc++'s own and never reach the cache.
 #include "relaymeter/util/alloc_cache.hpp"
 
 #include <malloc.h>
