@@ -30,7 +30,6 @@ struct FreeBlock {
 struct ThreadCache {
     FreeBlock* head[kClasses + 1];
     std::size_t count[kClasses + 1];
-    std::size_t blocks;
     std::size_t bytes;
     std::size_t limit; // kMaxBytes once the thread's cache is open; 0 before, when off, and at exit
     bool opened;       // the first free on this thread has decided `limit`
@@ -45,7 +44,6 @@ void flush(ThreadCache& c) {
         }
         c.count[k] = 0;
     }
-    c.blocks = 0;
     c.bytes = 0;
 }
 
@@ -80,7 +78,6 @@ void* allocate(std::size_t size) {
         if (FreeBlock* b = tc.head[k]) {
             tc.head[k] = b->next;
             --tc.count[k];
-            --tc.blocks;
             tc.bytes -= k * kGranule;
             return b;
         }
@@ -110,13 +107,16 @@ void release(void* p, std::size_t k) noexcept {
     b->next = tc.head[k];
     tc.head[k] = b;
     ++tc.count[k];
-    ++tc.blocks;
     tc.bytes += k * kGranule;
 }
 
 } // namespace
 
-Stats this_thread() { return {enabled(), tc.blocks, tc.bytes}; }
+Stats this_thread() {
+    std::size_t blocks = 0;
+    for (std::size_t k = 1; k <= kClasses; ++k) blocks += tc.count[k];
+    return {enabled(), blocks, tc.bytes};
+}
 
 void flush_this_thread() { flush(tc); }
 

@@ -136,6 +136,12 @@ struct Refusal {
     std::string message;
 };
 
+// The 413 of a declared (Content-Length) or read body over the limit, for
+// /v1/ and admin requests alike.
+Refusal body_too_large() {
+    return {http::status::payload_too_large, "body_too_large", "request body exceeds server.max_request_body_bytes"};
+}
+
 class Worker {
 public:
     Worker(Shared& shared, unsigned pool_limit)
@@ -367,17 +373,12 @@ std::optional<Refusal> Worker::check_head(const http::request<http::string_body>
         return Refusal{http::status::not_implemented, "unsupported_transfer_encoding",
                        "only the chunked transfer coding is supported"};
     }
-    if (content_length && *content_length > cfg.server.max_request_body_bytes) {
-        return Refusal{http::status::payload_too_large, "body_too_large",
-                       "request body exceeds server.max_request_body_bytes"};
-    }
+    if (content_length && *content_length > cfg.server.max_request_body_bytes) return body_too_large();
     return std::nullopt;
 }
 
 Refusal Worker::body_refusal(const error_code& ec) {
-    if (ec == http::error::body_limit) {
-        return {http::status::payload_too_large, "body_too_large", "request body exceeds server.max_request_body_bytes"};
-    }
+    if (ec == http::error::body_limit) return body_too_large();
     if (ec == beast::error::timeout) return {http::status::request_timeout, "body_timeout", "request body not received in time"};
     // The client went away or sent a broken body: record it, answer if we still can.
     const bool gone = ec == http::error::end_of_stream || ec == http::error::partial_message || ec == asio::error::eof ||
@@ -489,8 +490,8 @@ awaitable<bool> Worker::handle_one(Session& s, beast::flat_buffer& buf, bool loc
         }
         if (ec) {
             if (ec == http::error::body_limit) {
-                co_await reply_error(s, http::status::payload_too_large, "body_too_large",
-                                     "request body exceeds server.max_request_body_bytes", req.version());
+                Refusal r = body_too_large();
+                co_await reply_error(s, r.status, r.code, std::move(r.message), req.version());
             }
             co_return false;
         }
