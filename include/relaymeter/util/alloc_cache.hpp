@@ -1,7 +1,8 @@
 // A per-thread cache of small freed blocks in front of malloc, for the
 // daemon's C++ allocations (src/alloc_cache.cpp replaces the global
-// operator new and delete; linked into the daemon and the tests, not into
-// sanitizer builds, where it would hide use-after-free).
+// operator new and delete; linked into the daemon, the tests and
+// fake_upstream, not into sanitizer builds, where it would hide
+// use-after-free).
 //
 // Why: each proxied request allocates about eleven small blocks (coroutine
 // frames of 0.2-0.9 KiB, Beast's header fields, the request id). glibc's
