@@ -201,6 +201,16 @@ def run_openloop(port, rate, dur, warm, conns, args, body_file):
 
 # ---------------------------------------------------------------- phases
 
+def rounds_won(runs, key, higher):
+    """(k, n): in how many of the n rounds relaymeter's `key` was at least as
+    good as nginx's in the same round. The medians hide how often a round
+    went either way; on a machine with slow spells this shows whether a
+    missed target is a tendency or one unlucky round."""
+    pairs = list(zip(runs["relaymeter"], runs["nginx"]))
+    k = sum(1 for rm, ng in pairs if (rm[key] >= ng[key] if higher else rm[key] <= ng[key]))
+    return (k, len(pairs))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ports", required=True, help="direct,nginx,relaymeter")
@@ -319,6 +329,8 @@ def main():
         put_medians(f"cl{c}", runs, ("rps", "p50", "p90", "p99", "p999"))
         pairs = [rm["rps"] / ng["rps"] for rm, ng in zip(runs["relaymeter"], runs["nginx"]) if ng["rps"] > 0]
         put(f"cl{c}_pair", "relaymeter", statistics.median(pairs) if pairs else None)
+        put(f"cl{c}_won", "relaymeter", rounds_won(runs, "rps", higher=True))
+        put(f"cl{c}_p99_won", "relaymeter", rounds_won(runs, "p99", higher=False))
         for t, rs in runs.items():
             put(f"cl{c}_err", t, sum(r["errors"] for r in rs))
     for q in ("p50", "p90", "p99", "p999"):
@@ -343,6 +355,7 @@ def main():
             put(f"{pre}_rate", t, rate)
             put(f"{pre}_err", t, sum(r["errors"] + r["non2xx"] for r in rs))
             put(f"{pre}_unsent", t, max(r["unsent"] for r in rs))
+        put(f"{pre}_p99_won", "relaymeter", rounds_won(runs, "p99", higher=False))
         for t in ("nginx", "relaymeter"):
             put(f"{pre}_add_p99", t, R[f"{pre}_p99"][t] - R[f"{pre}_p99"]["direct"])
 
@@ -547,12 +560,15 @@ ROWS = [
      lambda r, n: r >= 1.0),
     ("cl256_pair", "c=256 throughput relaymeter/nginx, median of the rounds' ratios", "×", None, "≥ 1.0",
      lambda r, n: r >= 1.0),
+    ("cl64_won", "c=64: rounds in which relaymeter's req/s ≥ nginx's", "rounds", None, "", None),
+    ("cl256_won", "c=256: rounds in which relaymeter's req/s ≥ nginx's", "rounds", None, "", None),
     ("cl1_p50", "c=1 latency p50", "µs", "lo", "", None),
     ("cl1_p90", "c=1 latency p90", "µs", "lo", "", None),
     ("cl1_p99", "c=1 latency p99", "µs", "lo", "", None),
     ("cl1_p999", "c=1 latency p99.9", "µs", "lo", "", None),
     ("cl1_add_p50", "c=1 added over direct, p50", "µs", "lo", "≤ nginx (stretch ≤ 30 µs)", lambda r, n: r <= n),
     ("cl1_add_p99", "c=1 added over direct, p99", "µs", "lo", "≤ nginx (stretch ≤ 100 µs)", lambda r, n: r <= n),
+    ("cl1_p99_won", "c=1: rounds in which relaymeter's p99 ≤ nginx's", "rounds", None, "", None),
     ("cl1_add_p999", "c=1 added over direct, p99.9", "µs", "lo", "", None),
     ("cl16_p50", "c=16 latency p50", "µs", "lo", "", None),
     ("cl16_p99", "c=16 latency p99", "µs", "lo", "", None),
@@ -570,6 +586,7 @@ ROWS = [
     ("ol_p50", "open loop 60%: latency p50", "µs", "lo", "", None),
     ("ol_p90", "open loop 60%: latency p90", "µs", "lo", "", None),
     ("ol_p99", "open loop 60%: latency p99", "µs", "lo", "≤ nginx", lambda r, n: r <= n),
+    ("ol_p99_won", "open loop 60%: rounds in which relaymeter's p99 ≤ nginx's", "rounds", None, "", None),
     ("ol_p999", "open loop 60%: latency p99.9", "µs", "lo", "", None),
     ("ol_add_p99", "open loop 60%: added over direct, p99", "µs", "lo", "", None),
     ("ol_unsent", "open loop 60%: requests still queued at the end (target saturated)", "", None, "", None),
@@ -618,6 +635,8 @@ ROWS = [
 def fmt(v, unit):
     if v is None or (isinstance(v, float) and v != v):
         return "–"
+    if unit == "rounds":
+        return f"{v[0]} of {v[1]}"
     if unit == "MiB":
         return f"{v / 1024:.1f}"
     if unit == "ms":
