@@ -1,4 +1,5 @@
 #include "relaymeter/proxy/exchange.hpp"
+#include "relaymeter/proxy/request.hpp"
 
 #include <array>
 #include <charconv>
@@ -18,6 +19,7 @@
 #include "relaymeter/usage/encoded.hpp"
 #include "relaymeter/usage/usage.hpp"
 #include "relaymeter/util/duration.hpp"
+#include "relaymeter/util/lease.hpp"
 
 namespace relaymeter::proxy {
 
@@ -57,20 +59,62 @@ bool named_by_connection(const Fields& fields, std::string_view name) {
     return false;
 }
 
+// The field's line as it stands in the head it was parsed from, when that
+// is exactly "Name: value\r\n" (one space, no trailing blank, not folded:
+// Beast copies a folded value elsewhere), so that it can be copied as it is;
+// empty otherwise. The views must come from a complete parsed head.
+std::string_view head_line(std::string_view name, std::string_view value) {
+    const char* n = name.data();
+    if (value.data() != n + name.size() + 2 || n[name.size()] != ':' || n[name.size() + 1] != ' ') return {};
+    const char* end = value.data() + value.size();
+    if (end[0] != '\r' || end[1] != '\n') return {};
+    return {n, name.size() + 2 + value.size() + 2};
+}
+
+// Appends a head's field lines, adjacent ones in one copy: a forwarded head
+// is mostly the received one less a few fields, so it takes a handful of
+// copies rather than four appends per field.
+class LineWriter {
+public:
+    explicit LineWriter(std::string& out) : out_(out) {}
+    void field(std::string_view name, std::string_view value) {
+        const auto line = head_line(name, value);
+        if (line.empty()) {
+            flush();
+            out_.append(name).append(": "sv).append(value).append("\r\n"sv);
+        } else if (run_.data() + run_.size() == line.data()) {
+            run_ = {run_.data(), run_.size() + line.size()};
+        } else {
+            flush();
+            run_ = line;
+        }
+    }
+    // Call once the fields are done.
+    void flush() {
+        out_.append(run_);
+        run_ = {};
+    }
+
+private:
+    std::string& out_;
+    std::string_view run_;
+};
+
 // The request head as sent upstream, serialized from the client's head
 // without changing it: the target under upstream.base_path, the client's
 // fields less the hop-by-hop ones and those relaymeter sets itself (Host,
 // Content-Length, X-Request-Id; Expect, since the body is in hand;
 // Accept-Encoding, since the usage block must be readable; Authorization when
 // it is replaced or is the client's relaymeter key), then relaymeter's own.
-void build_request_head(std::string& out, const http::request_header<>& req, const config::Config& cfg,
+void build_request_head(std::string& out, const Request& req, const config::Config& cfg,
                         std::string_view host, std::string_view rid, std::size_t body_size) {
     const bool drop_auth = !cfg.upstream.api_key.empty() || cfg.auth.enabled;
-    const bool has_connection = req.find(http::field::connection) != req.end();
+    const bool has_connection = req.count(http::field::connection) > 0;
     out.clear();
     out.append(req.method_string()).push_back(' ');
     out.append(cfg.upstream.base_path).append(req.target().substr(3)); // "/v1/x?y" -> base_path + "/x?y"
     out.append(" HTTP/1.1\r\n"sv);
+    LineWriter lines(out);
     for (auto const& f : req) {
         const auto name = f.name_string();
         switch (f.name()) {
@@ -90,8 +134,9 @@ void build_request_head(std::string& out, const http::request_header<>& req, con
         }
         if (hop_by_hop(f.name(), name)) continue;
         if (has_connection && named_by_connection(req, name)) continue;
-        out.append(name).append(": "sv).append(f.value()).append("\r\n"sv);
+        lines.field(name, f.value());
     }
+    lines.flush();
     out.append("Host: "sv).append(host).append("\r\n"sv);
     if (!cfg.upstream.api_key.empty()) out.append("Authorization: Bearer "sv).append(cfg.upstream.api_key).append("\r\n"sv);
     out.append("X-Request-Id: "sv).append(rid).append("\r\n"sv);
@@ -216,47 +261,23 @@ struct Scratch {
     std::optional<usage::JsonUsageScanner> json;
     std::optional<usage::StreamMeter> stream;
     std::optional<usage::EncodedBodyMeter> coded;
-};
 
-class ScratchLease {
-public:
-    static constexpr std::size_t kKeepScratch = 512;
-    ScratchLease() {
-        auto& fl = free_list();
-        if (fl.empty()) {
-            s_ = std::make_unique<Scratch>();
-        } else {
-            s_ = std::move(fl.back());
-            fl.pop_back();
-        }
-    }
-    ~ScratchLease() {
-        s_->json.reset();
-        s_->stream.reset();
-        s_->coded.reset(); // its inflate state is on the heap
-        auto& fl = free_list();
-        // As many as the exchanges a busy worker runs at once (at 256
-        // connections a cap of 64 meant a new Scratch, and its heads grown
-        // from empty, for 4 requests in 10: 9 of 20 allocations per request).
-        if (fl.size() >= kKeepScratch) return;
+    // util::Lease: as many as the exchanges a busy worker runs at once (at
+    // 256 connections a cap of 64 meant a new Scratch, and its heads grown
+    // from empty, for 4 requests in 10: 9 of 20 allocations per request).
+    static constexpr std::size_t kKeep = 512;
+    void recycle() {
+        json.reset();
+        stream.reset();
+        coded.reset(); // its inflate state is on the heap
         // An unusually large head or stream event is not kept for ever.
-        constexpr std::size_t kKeep = 8 * 1024;
-        for (auto* str : {&s_->up_head, &s_->client_head, &s_->out}) {
-            if (str->capacity() > kKeep) std::string().swap(*str);
+        constexpr std::size_t kKeepBytes = 8 * 1024;
+        for (auto* str : {&up_head, &client_head, &out}) {
+            if (str->capacity() > kKeepBytes) std::string().swap(*str);
         }
-        fl.push_back(std::move(s_));
     }
-    ScratchLease(const ScratchLease&) = delete;
-    ScratchLease& operator=(const ScratchLease&) = delete;
-    Scratch* operator->() { return s_.get(); }
-
-private:
-    static std::vector<std::unique_ptr<Scratch>>& free_list() {
-        thread_local std::vector<std::unique_ptr<Scratch>> list;
-        return list;
-    }
-    std::unique_ptr<Scratch> s_;
 };
+
 
 // The client's response head: the upstream's status and headers less the
 // hop-by-hop ones, plus our request id and the framing chosen for the client.
@@ -270,12 +291,14 @@ void build_head(std::string& out, int status, std::string_view reason, const std
     out.append(code, std::to_chars(code, code + sizeof code, status).ptr).push_back(' ');
     out.append(reason);
     out.append("\r\n"sv);
+    LineWriter lines(out);
     for (auto const& f : fields) {
         if (hop_by_hop(f.name(), f.name_string())) continue;
         if (f.name() == http::field::content_length && !keep_length) continue;
         if (has_connection && named_by_connection(fields, f.name_string())) continue;
-        out.append(f.name_string()).append(": "sv).append(f.value()).append("\r\n"sv);
+        lines.field(f.name_string(), f.value());
     }
+    lines.flush();
     out.append("X-Relaymeter-Request-Id: "sv).append(rid).append("\r\n"sv);
     if (chunked) out.append("Transfer-Encoding: chunked\r\n"sv);
     if (version >= 11 && !keep_alive) out.append("Connection: close\r\n"sv);
@@ -337,7 +360,7 @@ private:
     tcp_stream& client_;
     Request& req_;
     Meter meter_;
-    ScratchLease scratch_;
+    util::Lease<Scratch> scratch_;
     unsigned client_version_ = 11;
     bool client_keep_alive_ = true;
     bool strip_ = false;
@@ -524,7 +547,7 @@ awaitable<bool> Exchange::run() {
         }
     }
     // The request for the upstream (the client's head is left as it is).
-    build_request_head(scratch_->up_head, req_.base(), cfg_, ctx_.host_header, meter_.rid, req_.body().size());
+    build_request_head(scratch_->up_head, req_, cfg_, ctx_.host_header, meter_.rid, req_.body().size());
 
     const auto deadline = meter_.arrival + seconds(cfg_.upstream.request_timeout_s);
     // Under load an idle pooled connection is there: taken without a frame.

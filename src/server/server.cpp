@@ -20,9 +20,11 @@
 #include "relaymeter/server/dashboard.hpp"
 #include "relaymeter/net.hpp"
 #include "relaymeter/proxy/exchange.hpp"
+#include "relaymeter/proxy/request.hpp"
 #include "relaymeter/upstream/pool.hpp"
 #include "relaymeter/usage/usage.hpp"
 #include "relaymeter/util/duration.hpp"
+#include "relaymeter/util/lease.hpp"
 
 namespace relaymeter::server {
 
@@ -123,7 +125,7 @@ class Worker;
 struct Session {
     tcp_stream stream;
     ReadDeadline deadline; // of the wait for the next request (server.idle_timeout_s)
-    std::optional<http::request_parser<http::string_body>> parser; // of the request being handled
+    std::optional<proxy::RequestParser> parser; // of the request being handled
     bool unread = false; // the last request was not read to its end (refused body, bad head)
     bool idle = true;
     explicit Session(tcp_socket s) : stream(std::move(s)), deadline(stream.get_executor()) {}
@@ -182,14 +184,14 @@ private:
     awaitable<void> accept_loop();
     awaitable<void> session(tcp_socket sock);
     awaitable<bool> handle_one(Session& s, beast::flat_buffer& buf, bool local_client);
-    awaitable<bool> admin(Session& s, http::request<http::string_body>& req);
+    awaitable<bool> admin(Session& s, proxy::Request& req);
     awaitable<bool> reply(Session& s, http::response<http::string_body>& res);
     awaitable<bool> reply_error(Session& s, http::status status, std::string_view code, std::string message,
                                 unsigned version);
     awaitable<bool> send_continue(Session& s, unsigned version);
     awaitable<void> linger_close(Session& s, beast::flat_buffer& buf);
     awaitable<bool> head_failed(Session& s, error_code ec, const beast::flat_buffer& buf, clock::time_point arrival);
-    std::optional<Refusal> check_head(const http::request<http::string_body>& req,
+    std::optional<Refusal> check_head(const proxy::Request& req,
                                       boost::optional<std::uint64_t> content_length, bool unsupported_te,
                                       bool local_client, proxy::Origin& origin) const;
     static Refusal body_refusal(const error_code& ec);
@@ -350,7 +352,7 @@ awaitable<bool> Worker::head_failed(Session& s, error_code ec, const beast::flat
     co_return false;
 }
 
-std::optional<Refusal> Worker::check_head(const http::request<http::string_body>& req,
+std::optional<Refusal> Worker::check_head(const proxy::Request& req,
                                           boost::optional<std::uint64_t> content_length, bool unsupported_te,
                                           bool local_client, proxy::Origin& origin) const {
     const auto& cfg = shared_.cfg;
@@ -409,10 +411,11 @@ awaitable<bool> Worker::handle_one(Session& s, beast::flat_buffer& buf, bool loc
     const auto& cfg = shared_.cfg;
     error_code ec;
 
-    // The parser (and the request it holds) lives in the session, not in
-    // this coroutine's frame, which is allocated for every request; it is
-    // let go when the request is done.
-    auto& parser = s.parser.emplace();
+    // The parser lives in the session, not in this coroutine's frame, which
+    // is allocated for every request; it is let go when the request is done.
+    // The request it fills is a reused one (its buffers keep their capacity).
+    util::Lease<proxy::Request> request;
+    auto& parser = s.parser.emplace(*request);
     struct Release {
         Session& s;
         ~Release() {
@@ -468,13 +471,13 @@ awaitable<bool> Worker::handle_one(Session& s, beast::flat_buffer& buf, bool loc
     // still encoded (Transfer-Encoding is hop-by-hop): 501, as nginx does.
     // (Content-Length together with Transfer-Encoding is a 400 from the parser.)
     bool unsupported_te = false;
-    if (auto te = req.find(http::field::transfer_encoding); te != req.end()) {
+    if (const std::size_t te_fields = req.count(http::field::transfer_encoding); te_fields > 0) {
         std::size_t codings = 0;
-        for (auto const& coding : http::token_list{te->value()}) {
+        for (auto const& coding : http::token_list{req[http::field::transfer_encoding]}) {
             ++codings;
             unsupported_te |= !beast::iequals(coding, "chunked");
         }
-        unsupported_te |= codings != 1 || req.count(http::field::transfer_encoding) != 1;
+        unsupported_te |= codings != 1 || te_fields != 1;
     }
     if (target.substr(0, 4) != "/v1/") {
         if (unsupported_te) {
@@ -483,6 +486,11 @@ awaitable<bool> Worker::handle_one(Session& s, beast::flat_buffer& buf, bool loc
             co_return false;
         }
         // Admin endpoints and 404s: read (and bound) the body, never metered.
+        if (const auto length = parser.content_length(); length && *length > cfg.server.max_request_body_bytes) {
+            Refusal r = body_too_large();
+            co_await reply_error(s, r.status, r.code, std::move(r.message), req.version());
+            co_return false;
+        }
         parse_buffered(true);
         if (!ec && !parser.is_done()) {
             s.stream.expires_after(seconds(cfg.server.header_timeout_s));
@@ -531,7 +539,7 @@ awaitable<bool> Worker::handle_one(Session& s, beast::flat_buffer& buf, bool loc
     co_return keep && keep_alive;
 }
 
-awaitable<bool> Worker::admin(Session& s, http::request<http::string_body>& req) {
+awaitable<bool> Worker::admin(Session& s, proxy::Request& req) {
     const std::string_view target = req.target();
     const std::string_view path = target.substr(0, target.find('?'));
     const unsigned version = req.version();

@@ -396,6 +396,75 @@ TEST_CASE("badinput: a declared oversized body gets 413 before it is read", "[in
     check_alive(d.port(), total);
 }
 
+TEST_CASE("badinput: odd spacing, folded and empty fields, and dropped fields between kept ones, both ways",
+          "[integration][badinput]") {
+    // Heads are forwarded by copying runs of received lines that are exactly
+    // "Name: value\r\n"; every other line is rewritten in that form. Each
+    // kind sits between kept fields here, in the request and in the response.
+    const std::string rbody = R"({"id":"x","usage":{"prompt_tokens":3,"completion_tokens":4}})";
+    fake::FakeUpstream up({}, [&](const fake::Request&) {
+        return fake::Response().write("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nR1: 1\r\nR2:2\r\n"
+                                      "Connection: X-Up-Hop\r\nX-Up-Hop: no\r\nR3:   three  \r\nR4: \r\nR5: a\r\n b\r\n"
+                                      "R6: six\r\nContent-Length: " +
+                                      std::to_string(rbody.size()) + "\r\n\r\n" + rbody);
+    });
+    Daemon d(daemon_yaml(up.base_url()));
+    const std::string body = R"({"model":"gpt-4.1","messages":[]})";
+    const auto ex = send_and_read(d.port(), "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nA: 1\r\n"
+                                            "Connection: close, X-Hop\r\nB:2\r\nX-Hop: drop\r\nC:   3  \r\nD: four\r\n"
+                                            "Accept-Encoding: gzip\r\nE: \r\nF: f1\r\n f2\r\nG: 7\r\n"
+                                            "Content-Type: application/json\r\nContent-Length: " +
+                                                std::to_string(body.size()) + "\r\n\r\n" + body);
+    const auto rs = parse_responses(ex.received);
+    REQUIRE(rs.size() == 1);
+    CHECK(rs[0].status == 200);
+    CHECK(rs[0].body == rbody);
+    const std::map<std::string, std::string> want_back{{"r1", "1"}, {"r2", "2"}, {"r3", "three"},
+                                                       {"r4", ""},  {"r5", "a b"}, {"r6", "six"}};
+    for (const auto& [name, value] : want_back) {
+        INFO(name);
+        REQUIRE(rs[0].headers.count(name) == 1);
+        CHECK(rs[0].header(name) == value);
+    }
+    CHECK(rs[0].headers.count("x-up-hop") == 0);
+    CHECK(rs[0].header("x-relaymeter-request-id").size() == 32);
+
+    const auto got = forwarded(up);
+    REQUIRE(got.size() == 1);
+    const std::map<std::string, std::string> want_up{{"a", "1"}, {"b", "2"},     {"c", "3"}, {"d", "four"},
+                                                     {"e", ""},  {"f", "f1 f2"}, {"g", "7"}};
+    for (const auto& [name, value] : want_up) {
+        INFO(name);
+        REQUIRE(got[0].headers.count(name) == 1);
+        CHECK(got[0].headers.at(name) == value);
+    }
+    for (const auto* name : {"x-hop", "connection", "accept-encoding"}) CHECK(got[0].headers.count(name) == 0);
+    CHECK(got[0].body == body);
+    auto s = wait_total(d.port(), 1);
+    CHECK(model_entry(s, "gpt-4.1")["input_tokens"] == 3);
+}
+
+TEST_CASE("badinput: an admin request declaring a huge body gets 413, not a dropped connection",
+          "[integration][badinput]") {
+    // The declared length was once reserved whole before the body limit was
+    // checked: 100 GB ended in std::bad_alloc and a closed connection.
+    fake::FakeUpstream up;
+    Daemon d(daemon_yaml(up.base_url())); // max_request_body_bytes: 1 MiB
+    for (const char* length : {"100000000000", "18446744073709551615", "5000000"}) {
+        INFO("Content-Length: " << length);
+        const auto ex = send_and_read(d.port(), std::string("GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: ") +
+                                                    length + "\r\n\r\nabc");
+        const auto rs = parse_responses(ex.received);
+        REQUIRE(rs.size() == 1);
+        CHECK(rs[0].status == 413);
+        CHECK(error_code_of(rs[0]) == "body_too_large");
+        CHECK(ex.closed);
+    }
+    CHECK(d.log().find("bad_alloc") == std::string::npos);
+    std::uint64_t total = 0;
+    check_alive(d.port(), total);
+}
+
 TEST_CASE("badinput: a refused body is read and discarded before the close, not answered with a reset",
           "[integration][badinput]") {
     fake::FakeUpstream up;

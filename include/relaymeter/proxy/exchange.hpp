@@ -16,7 +16,7 @@
 namespace relaymeter::proxy {
 
 using clock = std::chrono::steady_clock;
-using Request = http::request<http::string_body>;
+class Request;
 
 // Per worker thread.
 struct Context {
