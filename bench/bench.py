@@ -168,8 +168,8 @@ def pct(values, p):
 
 # ---------------------------------------------------------------- tools
 
-def run_wrk(port, conns, dur, args, body_file):
-    env = dict(os.environ, BENCH_BODY=body_file)
+def run_wrk(port, conns, dur, args, body_file, headers="plain"):
+    env = dict(os.environ, BENCH_BODY=body_file, BENCH_HEADERS=headers)
     cmd = ["wrk", "-t1", f"-c{conns}", f"-d{dur}s", "--timeout", "10s", "-s", os.path.join(args.bench_dir, "post.lua"),
            f"http://127.0.0.1:{port}/v1/chat/completions"]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=dur + 60)
@@ -336,6 +336,19 @@ def main():
     for q in ("p50", "p90", "p99", "p999"):
         for t in ("nginx", "relaymeter"):
             put(f"cl1_add_{q}", t, R[f"cl1_{q}"][t] - R[f"cl1_{q}"]["direct"])
+
+    # the same at c=64 and c=256 with the header fields an OpenAI SDK sends
+    # (bench/post.lua, BENCH_HEADERS=sdk): per-field costs show only here
+    for c in (64, 256):
+        runs = interleaved(f"closed sdk-headers c={c}", lambda p: run_wrk(p, c, wrk_dur, args, small, "sdk"),
+                           "requests", c, lambda r: f"{r['rps']:.0f} req/s p99 {r['p99']:.0f}us "
+                                                    f"errors {r['errors']:.0f}", cl_rounds)
+        put_medians(f"sdk{c}", runs, ("rps", "p99"))
+        pairs = [rm["rps"] / ng["rps"] for rm, ng in zip(runs["relaymeter"], runs["nginx"]) if ng["rps"] > 0]
+        put(f"sdk{c}_pair", "relaymeter", statistics.median(pairs) if pairs else None)
+        put(f"sdk{c}_won", "relaymeter", rounds_won(runs, "rps", higher=True))
+        for t, rs in runs.items():
+            put(f"sdk{c}_err", t, sum(r["errors"] for r in rs))
 
     # open loop at fixed rates nginx sustains: 60% of its c=64 throughput (the
     # issue's test) and 30%; like the closed loop, `rounds` runs per rate with
@@ -562,6 +575,17 @@ ROWS = [
      lambda r, n: r >= 1.0),
     ("cl64_won", "c=64: rounds in which relaymeter's req/s ≥ nginx's", "rounds", None, "", None),
     ("cl256_won", "c=256: rounds in which relaymeter's req/s ≥ nginx's", "rounds", None, "", None),
+    ("sdk64_rps", "SDK header fields, c=64: req/s", "req/s", "hi", "", None),
+    ("sdk256_rps", "SDK header fields, c=256: req/s", "req/s", "hi", "", None),
+    ("sdk64_pair", "SDK header fields, c=64 relaymeter/nginx, median of the rounds' ratios", "×", None, "≥ 1.0",
+     lambda r, n: r >= 1.0),
+    ("sdk256_pair", "SDK header fields, c=256 relaymeter/nginx, median of the rounds' ratios", "×", None, "≥ 1.0",
+     lambda r, n: r >= 1.0),
+    ("sdk64_won", "SDK header fields, c=64: rounds in which relaymeter's req/s ≥ nginx's", "rounds", None, "", None),
+    ("sdk256_won", "SDK header fields, c=256: rounds in which relaymeter's req/s ≥ nginx's", "rounds", None, "",
+     None),
+    ("sdk64_cpu", "SDK header fields, proxy CPU per request, c=64", "µs", "lo", "≤ nginx", lambda r, n: r <= n),
+    ("sdk256_cpu", "SDK header fields, proxy CPU per request, c=256", "µs", "lo", "", None),
     ("cl1_p50", "c=1 latency p50", "µs", "lo", "", None),
     ("cl1_p90", "c=1 latency p90", "µs", "lo", "", None),
     ("cl1_p99", "c=1 latency p99", "µs", "lo", "", None),
@@ -657,7 +681,8 @@ def ratio(a, b):
 
 
 def render(R, args):
-    errs = {t: sum(R.get(f"cl{c}_err", {}).get(t, 0) for c in (1, 16, 64, 256)) for t in TARGETS}
+    errs = {t: sum(R.get(k, {}).get(t, 0) for k in ("cl1_err", "cl16_err", "cl64_err", "cl256_err", "sdk64_err",
+                                                      "sdk256_err")) for t in TARGETS}
     R["cl_errors"] = errs
     R["other_errors"] = {t: sum(R.get(k, {}).get(t, 0) for k in ("ol_err", "ol2_err", "st_bad", "lb_bad", "idle_bad"))
                          for t in TARGETS}
