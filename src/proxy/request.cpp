@@ -3,6 +3,10 @@
 #include <algorithm>
 #include <cstring>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace relaymeter::proxy {
 
 std::string_view Request::operator[](http::field id) const {
@@ -61,8 +65,12 @@ void RequestParser::on_request_impl(http::verb method, beast::string_view method
 
 void RequestParser::on_field_impl(http::field name, beast::string_view name_string, beast::string_view value,
                                   error_code&) {
+    req_.add_field(name, name_string, value);
+}
+
+void Request::add_field(http::field id, std::string_view name_string, std::string_view value) {
     // One resize and two copies rather than four appends.
-    std::string& t = req_.text_;
+    std::string& t = text_;
     const std::size_t at = t.size();
     t.resize(at + name_string.size() + 2 + value.size() + 2);
     char* p = t.data() + at;
@@ -76,8 +84,8 @@ void RequestParser::on_field_impl(http::field name, beast::string_view name_stri
     *p = '\n';
     const auto name_at = static_cast<std::uint32_t>(at);
     const auto value_at = static_cast<std::uint32_t>(at + name_string.size() + 2);
-    req_.fields_.push_back({name, {name_at, static_cast<std::uint32_t>(name_string.size())},
-                            {value_at, static_cast<std::uint32_t>(value.size())}});
+    fields_.push_back({id, {name_at, static_cast<std::uint32_t>(name_string.size())},
+                       {value_at, static_cast<std::uint32_t>(value.size())}});
 }
 
 // basic_parser's own reading of the Connection fields (all of them, as the
@@ -101,6 +109,183 @@ std::size_t RequestParser::on_body_impl(beast::string_view body, error_code&) {
 std::size_t RequestParser::on_chunk_body_impl(std::uint64_t, beast::string_view body, error_code&) {
     req_.body_.append(body.data(), body.size());
     return body.size();
+}
+
+namespace {
+
+// Byte classes, as Beast's basic_parser has them.
+struct ByteClass {
+    bool t[256] = {};
+    constexpr bool operator()(char c) const { return t[static_cast<unsigned char>(c)]; }
+};
+
+// tchar (RFC 9110 5.6.2): method and field names, Connection tokens.
+constexpr ByteClass make_tchar() {
+    ByteClass b;
+    for (int c = '0'; c <= '9'; ++c) b.t[c] = true;
+    for (int c = 'a'; c <= 'z'; ++c) b.t[c] = true;
+    for (int c = 'A'; c <= 'Z'; ++c) b.t[c] = true;
+    for (char c : std::string_view("!#$%&'*+-.^_`|~")) b.t[static_cast<unsigned char>(c)] = true;
+    return b;
+}
+constexpr ByteClass kTchar = make_tchar();
+
+// The request target: any byte but controls, space and DEL.
+constexpr ByteClass make_target() {
+    ByteClass b;
+    for (int c = 0x21; c < 256; ++c) b.t[c] = c != 0x7f;
+    return b;
+}
+constexpr ByteClass kTarget = make_target();
+
+// A field value: HTAB, visible ASCII, space, and obs-text.
+constexpr ByteClass make_value() {
+    ByteClass b;
+    b.t['\t'] = true;
+    for (int c = 0x20; c < 256; ++c) b.t[c] = c != 0x7f;
+    return b;
+}
+constexpr ByteClass kValue = make_value();
+
+constexpr bool is_blank(char c) { return c == ' ' || c == '\t'; }
+
+// The first byte of [p, last) that cannot be in a field value (a control
+// other than HTAB, or DEL), or last. A head's values are most of its bytes.
+const char* value_end(const char* p, const char* last) {
+#if defined(__SSE2__)
+    const __m128i tab = _mm_set1_epi8('\t');
+    const __m128i space = _mm_set1_epi8(' ');
+    const __m128i del = _mm_set1_epi8(0x7f);
+    const __m128i minus_one = _mm_set1_epi8(-1);
+    while (last - p >= 16) {
+        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+        // As signed bytes, 0x00-0x1f are 0..31 and obs-text is negative.
+        const __m128i ctl = _mm_and_si128(_mm_cmpgt_epi8(v, minus_one), _mm_cmplt_epi8(v, space));
+        const __m128i bad = _mm_or_si128(_mm_andnot_si128(_mm_cmpeq_epi8(v, tab), ctl), _mm_cmpeq_epi8(v, del));
+        const unsigned m = static_cast<unsigned>(_mm_movemask_epi8(bad));
+        if (m != 0) return p + __builtin_ctz(m);
+        p += 16;
+    }
+#endif
+    while (p < last && kValue(*p)) ++p;
+    return p;
+}
+
+// A Connection (or Proxy-Connection) value: plain tokens separated by commas
+// with optional blanks, each seen as basic_parser sees it. False for any
+// other form (quoted strings, empty elements), which Beast then reads.
+bool connection_tokens(std::string_view v, bool& close, bool& keep_alive) {
+    std::size_t i = 0;
+    for (;;) {
+        while (i < v.size() && is_blank(v[i])) ++i;
+        const std::size_t start = i;
+        while (i < v.size() && kTchar(v[i])) ++i;
+        if (i == start) return false;
+        const std::string_view token = v.substr(start, i - start);
+        if (beast::iequals(token, "close")) close = true;
+        if (beast::iequals(token, "keep-alive")) keep_alive = true;
+        if (beast::iequals(token, "upgrade")) return false; // Beast's own handling
+        while (i < v.size() && is_blank(v[i])) ++i;
+        if (i == v.size()) return true;
+        if (v[i] != ',') return false;
+        ++i;
+    }
+}
+
+} // namespace
+
+std::size_t parse_whole_request(std::string_view in, std::size_t header_limit, std::uint64_t body_limit,
+                                Request& req, boost::optional<std::uint64_t>& content_length) {
+    req.clear();
+    content_length = boost::none;
+    const auto fail = [&] {
+        req.clear();
+        content_length = boost::none;
+        return std::size_t{0};
+    };
+    const std::size_t head_end = in.substr(0, header_limit).find("\r\n\r\n");
+    if (head_end == std::string_view::npos) return fail();
+    const std::size_t head_len = head_end + 4;
+    if (head_len >= header_limit) return fail();
+    const char* p = in.data();
+    const char* const end = p + head_end + 2; // one past the last field line's CRLF
+    const char* const last = p + head_len;    // one past the blank line
+
+    // request line
+    const char* q = p;
+    while (kTchar(*q)) ++q;
+    if (q == p || *q != ' ') return fail();
+    const std::string_view method(p, static_cast<std::size_t>(q - p));
+    const http::verb verb = http::string_to_verb(method);
+    if (verb == http::verb::unknown) return fail();
+    p = ++q;
+    while (kTarget(*q)) ++q;
+    if (q == p || *q != ' ') return fail();
+    const std::string_view target(p, static_cast<std::size_t>(q - p));
+    p = q + 1;
+    if (end - p < 10 || std::memcmp(p, "HTTP/1.", 7) != 0 || (p[7] != '1' && p[7] != '0') || p[8] != '\r' ||
+        p[9] != '\n')
+        return fail();
+    req.method_ = verb;
+    req.method_at_ = req.add(method);
+    req.target_at_ = req.add(target);
+    req.version_ = p[7] == '1' ? 11 : 10;
+    p += 10;
+
+    bool close = false;
+    bool keep_alive = false;
+    while (p < end) {
+        q = p;
+        while (kTchar(*q)) ++q;
+        if (q == p || *q != ':') return fail();
+        const std::string_view name(p, static_cast<std::size_t>(q - p));
+        ++q;
+        while (is_blank(*q)) ++q;
+        const char* const v = q;
+        q = value_end(q, last);
+        // The line must end in CRLF, and the next one must not be folded
+        // into it (the head's last CRLF is followed by the blank line's CR).
+        if (q[0] != '\r' || q[1] != '\n' || is_blank(q[2])) return fail();
+        const char* ve = q;
+        while (ve > v && is_blank(ve[-1])) --ve;
+        const std::string_view value(v, static_cast<std::size_t>(ve - v));
+        p = q + 2;
+
+        const http::field id = http::string_to_field(name);
+        switch (id) {
+        case http::field::transfer_encoding:
+        case http::field::upgrade:
+            return fail();
+        case http::field::content_length: {
+            if (content_length || value.empty() || value.size() > 19) return fail();
+            std::uint64_t n = 0;
+            for (char c : value) {
+                if (c < '0' || c > '9') return fail();
+                n = n * 10 + static_cast<std::uint64_t>(c - '0');
+            }
+            content_length = n;
+            break;
+        }
+        case http::field::connection:
+        case http::field::proxy_connection:
+            if (!connection_tokens(value, close, keep_alive)) return fail();
+            break;
+        default:
+            break;
+        }
+        req.add_field(id, name, value);
+    }
+    // As basic_parser::keep_alive().
+    req.keep_alive_ = req.version_ == 11 ? !close : keep_alive;
+
+    std::size_t total = head_len;
+    if (content_length) {
+        if (*content_length > body_limit || *content_length > in.size() - head_len) return fail();
+        const auto n = static_cast<std::size_t>(*content_length);
+        req.body_.assign(in.data() + head_len, n);
+        total += n;
+    }
+    return total;
 }
 
 } // namespace relaymeter::proxy

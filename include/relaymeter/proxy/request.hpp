@@ -83,6 +83,8 @@ public:
 
 private:
     friend class RequestParser;
+    friend std::size_t parse_whole_request(std::string_view, std::size_t, std::uint64_t, Request&,
+                                           boost::optional<std::uint64_t>&);
     struct Span {
         std::uint32_t at = 0;
         std::uint32_t len = 0;
@@ -95,6 +97,7 @@ private:
 
     std::string_view text(Span s) const { return {text_.data() + s.at, s.len}; }
     Span add(std::string_view s);
+    void add_field(http::field id, std::string_view name, std::string_view value);
     void clear();
 
     std::string text_; // the method, the target, then each field as "Name: value\r\n"
@@ -130,5 +133,18 @@ private:
 
     Request& req_;
 };
+
+// The common case without Beast: `in` holds a whole request in the plainest
+// form of HTTP/1.x (a known method; HTTP/1.1 or 1.0; every line ending in
+// CRLF; no folded line; no Transfer-Encoding or Upgrade; at most one
+// Content-Length of plain digits, within `body_limit`, its body all in `in`;
+// Connection lists of plain tokens; the head shorter than `header_limit`).
+// Then it fills `req` (cleared first) and `content_length` exactly as
+// RequestParser would from the same bytes and returns how many bytes the
+// request took. Anything else returns 0 and leaves `req` cleared: Beast's
+// parser takes it, and decides on it as before (tests/unit/test_request.cpp
+// checks the two agree).
+std::size_t parse_whole_request(std::string_view in, std::size_t header_limit, std::uint64_t body_limit,
+                                Request& req, boost::optional<std::uint64_t>& content_length);
 
 } // namespace relaymeter::proxy
