@@ -49,10 +49,11 @@ void Request::clear() {
 
 void Request::recycle() {
     clear();
-    // An unusually large head or body is not kept for ever.
-    if (text_.capacity() > 16 * 1024) std::string().swap(text_);
+    // A large head or body is not kept: a worker keeps up to kKeep requests
+    // (512 × 24 KiB at most).
+    if (text_.capacity() > 8 * 1024) std::string().swap(text_);
     if (fields_.capacity() > 128) std::vector<Entry>().swap(fields_);
-    if (body_.capacity() > 64 * 1024) std::string().swap(body_);
+    if (body_.capacity() > 16 * 1024) std::string().swap(body_);
 }
 
 void RequestParser::on_request_impl(http::verb method, beast::string_view method_str, beast::string_view target,
