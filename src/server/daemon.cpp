@@ -121,6 +121,11 @@ int run_daemon(int argc, const char* const* argv) {
         [&](const std::vector<alerts::Alert>& firing) { notifier.refresh(firing); });
     server::Hooks hooks;
     hooks.firing_alerts = [&] { return monitor.firing(); };
+    if (led) {
+        hooks.extra_metrics = [&led](const metrics::ExpositionOptions& o) {
+            return ledger::render_prometheus(led->stats(), o);
+        };
+    }
     hooks.on_reload = [&] {
         // Prices, alert thresholds and webhooks, and the log level are reloaded; the rest needs a restart.
         try {

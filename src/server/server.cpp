@@ -602,7 +602,8 @@ awaitable<bool> Worker::admin(Session& s, proxy::Request& req) {
     } else if (path == "/metrics") {
         res = text(http::status::ok,
                    metrics::render_prometheus(shared_.engine.snapshot(), shared_.expo) +
-                       alerts::render_prometheus(firing(), shared_.expo),
+                       alerts::render_prometheus(firing(), shared_.expo) +
+                       (shared_.hooks.extra_metrics ? shared_.hooks.extra_metrics(shared_.expo) : std::string()),
                    "text/plain; version=0.0.4; charset=utf-8");
     } else if (path == "/alerts") {
         const nlohmann::json body = {{"alerts", alerts::to_json(firing())}};

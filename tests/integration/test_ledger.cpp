@@ -180,6 +180,23 @@ TEST_CASE("ledger: a restart on the same ledger keeps totals, keys and counters"
         wait_total(d.port(), n);
         before = wait_idle(d.port());
         metrics_before = HttpClient(d.port()).get("/metrics").body;
+        // The writer's figures in /metrics: every record appended, and once
+        // nothing is buffered, exactly the file's bytes written.
+        std::string m;
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+        do {
+            m = HttpClient(d.port()).get("/metrics").body;
+        } while ((metric_value(m, "relaymeter_ledger_records_total") != static_cast<double>(n) ||
+                  metric_value(m, "relaymeter_ledger_buffered_bytes") != 0) &&
+                 std::chrono::steady_clock::now() < deadline);
+        CHECK(metric_value(m, "relaymeter_ledger_records_total") == static_cast<double>(n));
+        CHECK(metric_value(m, "relaymeter_ledger_buffered_bytes") == 0);
+        CHECK(metric_value(m, "relaymeter_ledger_bytes_written_total") ==
+              static_cast<double>(std::filesystem::file_size(path)));
+        CHECK(metric_value(m, "relaymeter_ledger_write_errors_total") == 0);
+        CHECK(metric_value(m, "relaymeter_ledger_rotations_total") == 0);
+        CHECK(metric_value(m, "relaymeter_ledger_backpressure_waits_total") == 0);
+        CHECK(promtool_check_metrics(m).empty());
         CHECK(d.stop() == 0);
         CHECK(d.log().find("ledger: flushed and closed " + path) != std::string::npos);
     }

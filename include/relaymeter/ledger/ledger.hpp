@@ -31,6 +31,7 @@
 #include <string_view>
 #include <vector>
 
+#include "relaymeter/metrics/exposition.hpp"
 #include "relaymeter/metrics/record.hpp"
 
 namespace relaymeter::ledger {
@@ -106,6 +107,10 @@ struct Stats {
     std::uint64_t buffered_bytes = 0;     // in memory, not yet written (thread buffers and the writer's)
     std::uint64_t waiting_threads = 0;    // recording threads waiting for the writer right now
 };
+
+// relaymeter_ledger_* for /metrics: the writer's counters and what it
+// holds in memory, with the constant labels.
+std::string render_prometheus(const Stats& stats, const metrics::ExpositionOptions& opts);
 
 class Ledger {
 public:

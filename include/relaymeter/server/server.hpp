@@ -4,11 +4,13 @@
 #pragma once
 
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "relaymeter/alerts/alert.hpp"
 #include "relaymeter/config/config.hpp"
 #include "relaymeter/metrics/engine.hpp"
+#include "relaymeter/metrics/exposition.hpp"
 
 namespace relaymeter::server {
 
@@ -16,6 +18,8 @@ struct Hooks {
     std::function<void()> on_reload; // SIGHUP, called on the signal thread
     // The firing alerts, for /alerts, /summary and /metrics (thread-safe; none when unset).
     std::function<std::vector<alerts::Alert>()> firing_alerts;
+    // More series for /metrics, rendered with its options (thread-safe; none when unset).
+    std::function<std::string(const metrics::ExpositionOptions&)> extra_metrics;
 };
 
 // Binds, logs "listening on HOST:PORT", serves until SIGTERM/SIGINT, then
