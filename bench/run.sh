@@ -9,7 +9,7 @@
 # buffering of responses) and relaymeter (metering on), all on 127.0.0.1,
 # measures the same workload against each, prints one table and writes it as
 # Markdown to --out (default bench/last-run.md; figures also as .json).
-# Everything it starts is stopped on exit. Full run: about 5 minutes; --smoke:
+# Everything it starts is stopped on exit. Full run: about 5½ minutes; --smoke:
 # about 35 seconds with tiny counts (a check that the script works, not a
 # measurement). See bench/RESULTS.md for a run and how to read it.
 #
