@@ -4,6 +4,7 @@
 #include <array>
 #include <charconv>
 #include <cstdio>
+#include <deque>
 #include <limits>
 #include <mutex>
 #include <optional>
@@ -252,6 +253,10 @@ struct Scratch {
     std::string client_head; // the response head sent to the client
     std::string out;         // a stream's bytes after the usage-only chunk is stripped
     std::vector<Field> fields;            // the upstream response's, while its head is parsed
+    // Folded (obs-fold) values of those fields: Beast joins them in a buffer
+    // local to its parse_fields, gone by the time the head is complete. A
+    // deque, so that a value already stored never moves.
+    std::deque<std::string> folded;
     std::vector<std::string_view> pieces; // body bytes parsed, not yet sent
     std::vector<asio::const_buffer> bufs; // the gather write to the client
     // The usage scanner of the response (only the one its body needs). Kept
@@ -314,6 +319,11 @@ class Exchange;
 class UpstreamParser : public http::basic_parser<false> {
 public:
     explicit UpstreamParser(Exchange& ex) : ex_(ex) {}
+    // put() with what it parses (the fields' views are checked against it).
+    std::size_t put_input(asio::const_buffer in, error_code& ec) {
+        input_ = {static_cast<const char*>(in.data()), in.size()};
+        return put(in, ec);
+    }
 
 private:
     void on_request_impl(http::verb, beast::string_view, beast::string_view, int, error_code&) override {}
@@ -328,6 +338,7 @@ private:
     void on_finish_impl(error_code&) override {}
 
     Exchange& ex_;
+    std::string_view input_;
 };
 
 class Exchange {
@@ -386,11 +397,17 @@ void UpstreamParser::on_response_impl(int code, beast::string_view reason, int, 
     ex_.status_ = code;
     ex_.reason_ = reason;
     ex_.scratch_->fields.clear();
+    ex_.scratch_->folded.clear();
 }
 
 void UpstreamParser::on_field_impl(http::field name, beast::string_view name_string, beast::string_view value,
                                    error_code&) {
-    ex_.scratch_->fields.push_back({name, name_string, value});
+    auto& sc = *ex_.scratch_.operator->();
+    // A value outside the bytes being parsed is a folded one (see Scratch::folded).
+    if (!value.empty() && (value.data() < input_.data() || value.data() + value.size() > input_.data() + input_.size())) {
+        value = sc.folded.emplace_back(value);
+    }
+    sc.fields.push_back({name, name_string, value});
 }
 
 void UpstreamParser::on_header_impl(error_code&) { ex_.on_head(*this); }
@@ -635,7 +652,7 @@ awaitable<void> Exchange::relay(Stream& up) {
         sc.pieces.clear();
         sc.out.clear();
         while (ubuf.size() > 0 && !parser->is_done()) {
-            const std::size_t n = parser->put(ubuf.data(), up_ec);
+            const std::size_t n = parser->put_input(ubuf.data(), up_ec);
             ubuf.consume(n);
             if (up_ec == http::error::need_more) {
                 up_ec = {};

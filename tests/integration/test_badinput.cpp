@@ -405,7 +405,7 @@ TEST_CASE("badinput: odd spacing, folded and empty fields, and dropped fields be
     fake::FakeUpstream up({}, [&](const fake::Request&) {
         return fake::Response().write("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nR1: 1\r\nR2:2\r\n"
                                       "Connection: X-Up-Hop\r\nX-Up-Hop: no\r\nR3:   three  \r\nR4: \r\nR5: a\r\n b\r\n"
-                                      "R6: six\r\nContent-Length: " +
+                                      "R6: six\r\nR7: c\r\n\td\r\nContent-Length: " +
                                       std::to_string(rbody.size()) + "\r\n\r\n" + rbody);
     });
     Daemon d(daemon_yaml(up.base_url()));
@@ -419,8 +419,10 @@ TEST_CASE("badinput: odd spacing, folded and empty fields, and dropped fields be
     REQUIRE(rs.size() == 1);
     CHECK(rs[0].status == 200);
     CHECK(rs[0].body == rbody);
-    const std::map<std::string, std::string> want_back{{"r1", "1"}, {"r2", "2"}, {"r3", "three"},
-                                                       {"r4", ""},  {"r5", "a b"}, {"r6", "six"}};
+    // Two folded values: Beast joins each in one buffer of its own parse
+    // step, which is gone by the time the head is complete (both are copied).
+    const std::map<std::string, std::string> want_back{{"r1", "1"}, {"r2", "2"},     {"r3", "three"}, {"r4", ""},
+                                                       {"r5", "a b"}, {"r6", "six"}, {"r7", "c d"}};
     for (const auto& [name, value] : want_back) {
         INFO(name);
         REQUIRE(rs[0].headers.count(name) == 1);
