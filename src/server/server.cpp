@@ -416,22 +416,25 @@ awaitable<bool> Worker::handle_one(Session& s, beast::flat_buffer& buf, bool loc
     // The request it fills is a reused one (its buffers keep their capacity).
     util::Lease<proxy::Request> request;
     auto& parser = s.parser.emplace(*request);
+    std::size_t whole = 0; // bytes of a request parsed without Beast
+    bool refused = false;  // answered without reading the rest: linger before the close
+    struct Release {
+        Session& s;
+        const std::size_t& whole;
+        const bool& refused;
+        ~Release() {
+            s.unread = refused || (whole == 0 && !s.parser->is_done());
+            s.parser.reset();
+        }
+    } release{s, whole, refused};
     // A request that is all in the buffer already, in plain form (nearly
     // every request of an SDK), is parsed without Beast, in a third of the
     // instructions; any other goes to Beast's parser (proxy::parse_whole_request).
     boost::optional<std::uint64_t> whole_length;
-    const std::size_t whole = proxy::parse_whole_request(
-        {static_cast<const char*>(buf.data().data()), buf.size()}, cfg.server.max_header_bytes,
-        cfg.server.max_request_body_bytes, *request, whole_length);
+    whole = proxy::parse_whole_request({static_cast<const char*>(buf.data().data()), buf.size()},
+                                       cfg.server.max_header_bytes, cfg.server.max_request_body_bytes, *request,
+                                       whole_length);
     buf.consume(whole);
-    struct Release {
-        Session& s;
-        bool whole;
-        ~Release() {
-            s.unread = !whole && !s.parser->is_done();
-            s.parser.reset();
-        }
-    } release{s, whole > 0};
     parser.header_limit(cfg.server.max_header_bytes);
     // The body limit is set once the head is in: Beast checks Content-Length
     // against it while finishing the head, and we answer that case ourselves
@@ -544,6 +547,7 @@ awaitable<bool> Worker::handle_one(Session& s, beast::flat_buffer& buf, bool loc
         if (ec) refusal = body_refusal(ec);
     }
     if (refusal) {
+        refused = true;
         co_return co_await proxy::reject(pctx_, s.stream, refusal->status, refusal->code, refusal->message, version,
                                          false, "none", origin);
     }
