@@ -480,7 +480,9 @@ void Loader::read_server(const Item& it, ServerConfig& s) {
          }},
         {"max_header_bytes",
          [&](const Item& f) {
-             read_uint(f, s.max_header_bytes, 1, std::numeric_limits<std::uint32_t>::max());
+             // At most 1 GiB: proxy::Request keeps a head (start line and
+             // fields, each up to this limit in Beast's parser) at 32-bit offsets.
+             read_uint(f, s.max_header_bytes, 1, std::uint64_t{1} << 30);
          }},
         {"header_timeout_s", [&](const Item& f) { read_double(f, s.header_timeout_s, Bound::positive); }},
         {"idle_timeout_s", [&](const Item& f) { read_double(f, s.idle_timeout_s, Bound::positive); }},

@@ -348,7 +348,7 @@ TEST_CASE("config: out-of-range numbers are errors", "[config]") {
     CHECK_THAT(errors_of("server:\n  max_request_body_bytes: 0\n"),
                Contains("test.yaml:2: server.max_request_body_bytes: must be at least 1"));
     CHECK_THAT(errors_of("server:\n  max_header_bytes: 99999999999\n"),
-               Contains("test.yaml:2: server.max_header_bytes: must be at most 4294967295"));
+               Contains("test.yaml:2: server.max_header_bytes: must be at most 1073741824"));
     CHECK_THAT(errors_of("server:\n  max_request_body_bytes: 99999999999999999999999\n"),
                Contains("test.yaml:2: server.max_request_body_bytes: must be at most"));
     CHECK_THAT(errors_of("alerts:\n  error_rate_percent: 150\n"),
