@@ -190,6 +190,58 @@ TEST_CASE("proxy: request rewriting, hop-by-hop headers, request ids and Authori
     }
 }
 
+TEST_CASE("proxy: an SDK's request fields and OpenAI's response fields are relayed unchanged, metered exactly",
+          "[integration]") {
+    // The fake answers with the ~20 fields api.openai.com sends; the client
+    // sends the OpenAI Python SDK's. Both heads are written by copying runs
+    // of received lines: every field must arrive with its value.
+    fake::OpenAIOptions o;
+    o.openai_headers = true;
+    o.prompt_tokens = 321;
+    o.completion_tokens = 54;
+    fake::FakeUpstream up({}, fake::openai_handler(o));
+    const std::map<std::string, std::string> sdk{
+        {"Accept", "application/json"},       {"User-Agent", "OpenAI/Python 1.54.4"},
+        {"X-Stainless-Lang", "python"},       {"X-Stainless-Package-Version", "1.54.4"},
+        {"X-Stainless-OS", "Linux"},          {"X-Stainless-Arch", "x64"},
+        {"X-Stainless-Runtime", "CPython"},   {"X-Stainless-Runtime-Version", "3.11.2"},
+        {"Authorization", "Bearer sk-test"},  {"X-Stainless-Async", "false"},
+        {"x-stainless-retry-count", "0"},     {"x-stainless-read-timeout", "600"},
+        {"Accept-Encoding", "gzip, deflate"}, {"Connection", "keep-alive"}};
+    Daemon d(daemon_yaml(up.base_url()));
+    HttpClient direct(up.port());
+    HttpClient c(d.port());
+    const auto want = direct.post_json("/v1/chat/completions", chat("gpt-4.1"), sdk);
+    REQUIRE(want.status == 200);
+    REQUIRE(want.headers.size() >= 22);
+    for (int i = 0; i < 3; ++i) { // keep-alive: the reused buffers of earlier requests
+        const auto r = c.post_json("/v1/chat/completions", chat("gpt-4.1"), sdk);
+        REQUIRE(r.status == 200);
+        CHECK(r.body == want.body);
+        for (const auto& [name, value] : want.headers) {
+            INFO(name);
+            REQUIRE(r.headers.count(name) == 1);
+            CHECK(r.header(name) == value);
+        }
+        CHECK(r.headers.size() == want.headers.size() + 1); // + x-relaymeter-request-id
+    }
+    const auto got = up.requests();
+    REQUIRE(got.size() == 4);
+    for (const auto& [name, value] : sdk) {
+        std::string lower = name;
+        for (auto& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+        INFO(lower);
+        if (lower == "accept-encoding" || lower == "connection") {
+            CHECK(got[3].headers.count(lower) == 0); // the usage block must be readable; hop-by-hop
+        } else {
+            CHECK(got[3].headers.at(lower) == value);
+        }
+    }
+    const auto s = wait_total(d.port(), 3);
+    CHECK(model_entry(s, "gpt-4.1")["input_tokens"] == 3 * 321);
+    CHECK(model_entry(s, "gpt-4.1")["output_tokens"] == 3 * 54);
+}
+
 TEST_CASE("proxy: upstream 4xx/5xx pass through unchanged and count as errors", "[integration]") {
     const std::string err = R"({"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}})";
     fake::FakeUpstream up({}, [&](const fake::Request&) {

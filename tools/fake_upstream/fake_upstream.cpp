@@ -696,9 +696,33 @@ struct OpenAIState {
         return r;
     }
 
-    static Response json_ok(std::string body) {
-        static const std::map<std::string, std::string> headers{{"x-request-id", "req_fake"}};
-        return Response::json(200, body, headers);
+    Response json_ok(std::string body) const {
+        static const std::map<std::string, std::string> plain{{"x-request-id", "req_fake"}};
+        static const std::map<std::string, std::string> openai{
+            {"date", "Fri, 04 Dec 2026 18:00:00 GMT"},
+            {"access-control-expose-headers", "X-Request-ID"},
+            {"openai-organization", "user-fake0000000000000000000"},
+            {"openai-processing-ms", "412"},
+            {"openai-project", "proj_fake000000000000000000"},
+            {"openai-version", "2020-10-01"},
+            {"x-ratelimit-limit-requests", "10000"},
+            {"x-ratelimit-limit-tokens", "30000000"},
+            {"x-ratelimit-remaining-requests", "9999"},
+            {"x-ratelimit-remaining-tokens", "29999950"},
+            {"x-ratelimit-reset-requests", "6ms"},
+            {"x-ratelimit-reset-tokens", "0s"},
+            {"x-request-id", "req_fake"},
+            {"strict-transport-security", "max-age=31536000; includeSubDomains; preload"},
+            {"cf-cache-status", "DYNAMIC"},
+            {"set-cookie", "__cf_bm=fake0000000000000000000000000000000000000000-1733335200-1.0.1.1-fake; path=/; "
+                           "expires=Fri, 04-Dec-26 18:30:00 GMT; domain=.api.openai.com; HttpOnly; Secure; "
+                           "SameSite=None"},
+            {"x-content-type-options", "nosniff"},
+            {"server", "cloudflare"},
+            {"cf-ray", "8f1e2d3c4b5a6978-FRA"},
+            {"alt-svc", "h3=\":443\"; ma=86400"},
+        };
+        return Response::json(200, body, options.openai_headers ? openai : plain);
     }
 
     Response render(Endpoint ep, const RequestInfo& info) const {

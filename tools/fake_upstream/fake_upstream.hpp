@@ -102,6 +102,10 @@ struct OpenAIOptions {
     std::chrono::microseconds chunk_interval{0}; // between stream chunks
     double error_rate = 0.0;                     // fraction of requests answered with error_status
     int error_status = 500;
+    // Plain (non-stream) answers carry the ~20 header fields api.openai.com
+    // sends behind Cloudflare (openai-*, x-ratelimit-*, cf-ray, set-cookie...)
+    // rather than x-request-id alone.
+    bool openai_headers = false;
 };
 Handler openai_handler(OpenAIOptions options = {});
 

@@ -77,7 +77,8 @@ int main(int argc, char** argv) {
          "usage: completion/output tokens")
         ("cached-tokens", po::value(&cached_tokens)->default_value(cached_tokens), "usage: cached prompt tokens")
         ("reasoning-tokens", po::value(&reasoning_tokens)->default_value(reasoning_tokens),
-         "usage: reasoning tokens");
+         "usage: reasoning tokens")
+        ("openai-headers", "plain answers carry the ~20 header fields api.openai.com sends, not x-request-id alone");
 
     po::variables_map vm;
     try {
@@ -115,6 +116,7 @@ int main(int argc, char** argv) {
     ai.completion_tokens = completion_tokens;
     ai.cached_tokens = cached_tokens;
     ai.reasoning_tokens = reasoning_tokens;
+    ai.openai_headers = vm.count("openai-headers") > 0;
     ai.latency = from_ms(latency_ms);
     for (const auto& item : model_latency) {
         const auto eq = item.rfind('=');
