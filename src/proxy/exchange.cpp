@@ -283,7 +283,6 @@ struct Scratch {
     }
 };
 
-
 // The client's response head: the upstream's status and headers less the
 // hop-by-hop ones, plus our request id and the framing chosen for the client.
 void build_head(std::string& out, int status, std::string_view reason, const std::vector<Scratch::Field>& fields,
@@ -402,11 +401,10 @@ void UpstreamParser::on_response_impl(int code, beast::string_view reason, int, 
 
 void UpstreamParser::on_field_impl(http::field name, beast::string_view name_string, beast::string_view value,
                                    error_code&) {
-    auto& sc = *ex_.scratch_.operator->();
+    auto& sc = *ex_.scratch_;
     // A value outside the bytes being parsed is a folded one (see Scratch::folded).
-    if (!value.empty() && (value.data() < input_.data() || value.data() + value.size() > input_.data() + input_.size())) {
-        value = sc.folded.emplace_back(value);
-    }
+    const bool in_input = value.data() >= input_.data() && value.data() + value.size() <= input_.data() + input_.size();
+    if (!value.empty() && !in_input) value = sc.folded.emplace_back(value);
     sc.fields.push_back({name, name_string, value});
 }
 
@@ -429,7 +427,7 @@ void Exchange::on_head(UpstreamParser& p) {
         interim_ = true; // skipped by relay(); the final response follows
         return;
     }
-    auto& sc = *scratch_.operator->();
+    auto& sc = *scratch_;
     meter_.status = status_;
     bool sse = false;
     auto coding = usage::ContentCoding::identity;
@@ -500,7 +498,7 @@ awaitable<void> Exchange::fail(http::status status, std::string_view code, std::
 }
 
 Exchange::Sent Exchange::send_now(bool last) {
-    auto& sc = *scratch_.operator->();
+    auto& sc = *scratch_;
     auto& bufs = sc.bufs;
     bufs.clear();
     if (!head_sent_) bufs.push_back(asio::buffer(sc.client_head));
@@ -603,7 +601,7 @@ awaitable<void> Exchange::relay(Stream& up) {
     error_code ec;
     const auto deadline = meter_.arrival + seconds(cfg_.upstream.request_timeout_s);
     auto& up_tcp = lowest(up);
-    auto& sc = *scratch_.operator->();
+    auto& sc = *scratch_;
 
     up_tcp.expires_at(deadline);
     {

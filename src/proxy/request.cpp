@@ -107,9 +107,8 @@ std::size_t RequestParser::on_body_impl(beast::string_view body, error_code&) {
     return body.size();
 }
 
-std::size_t RequestParser::on_chunk_body_impl(std::uint64_t, beast::string_view body, error_code&) {
-    req_.body_.append(body.data(), body.size());
-    return body.size();
+std::size_t RequestParser::on_chunk_body_impl(std::uint64_t, beast::string_view body, error_code& ec) {
+    return on_body_impl(body, ec);
 }
 
 namespace {

@@ -31,8 +31,11 @@
 #include <string_view>
 #include <vector>
 
-#include "relaymeter/metrics/exposition.hpp"
 #include "relaymeter/metrics/record.hpp"
+
+namespace relaymeter::metrics {
+struct ExpositionOptions;
+}
 
 namespace relaymeter::ledger {
 

@@ -10,7 +10,10 @@
 #include "relaymeter/alerts/alert.hpp"
 #include "relaymeter/config/config.hpp"
 #include "relaymeter/metrics/engine.hpp"
-#include "relaymeter/metrics/exposition.hpp"
+
+namespace relaymeter::metrics {
+struct ExpositionOptions;
+}
 
 namespace relaymeter::server {
 
