@@ -1,5 +1,6 @@
 #include "relaymeter/proxy/exchange.hpp"
 #include "relaymeter/proxy/request.hpp"
+#include "relaymeter/proxy/response.hpp"
 
 #include <array>
 #include <charconv>
@@ -239,20 +240,12 @@ std::size_t write_now(tcp_socket& sock, const Buffers& buffers, error_code& ec) 
 // keep their capacity from one exchange to the next, so a warm worker
 // allocates nothing for them.
 struct Scratch {
-    // One of the upstream response's fields, read like Beast's (so that
-    // named_by_connection serves both heads).
-    struct Field {
-        http::field id;
-        std::string_view name_str;
-        std::string_view val;
-        http::field name() const { return id; }
-        std::string_view name_string() const { return name_str; }
-        std::string_view value() const { return val; }
-    };
     std::string up_head;     // the request head sent upstream
     std::string client_head; // the response head sent to the client
     std::string out;         // a stream's bytes after the usage-only chunk is stripped
-    std::vector<Field> fields;            // the upstream response's, while its head is parsed
+    // The upstream response's head while it is parsed (its fields are read
+    // like Beast's, so that named_by_connection serves both heads).
+    ResponseHead head;
     // Folded (obs-fold) values of those fields: Beast joins them in a buffer
     // local to its parse_fields, gone by the time the head is complete. A
     // deque, so that a value already stored never moves.
@@ -280,12 +273,13 @@ struct Scratch {
         for (auto* str : {&up_head, &client_head, &out}) {
             if (str->capacity() > kKeepBytes) std::string().swap(*str);
         }
+        if (head.fields.capacity() > 128) std::vector<ResponseField>().swap(head.fields);
     }
 };
 
 // The client's response head: the upstream's status and headers less the
 // hop-by-hop ones, plus our request id and the framing chosen for the client.
-void build_head(std::string& out, int status, std::string_view reason, const std::vector<Scratch::Field>& fields,
+void build_head(std::string& out, int status, std::string_view reason, const std::vector<ResponseField>& fields,
                 unsigned version, bool keep_length, bool chunked, bool keep_alive, std::string_view rid) {
     bool has_connection = false;
     for (auto const& f : fields) has_connection |= f.name() == http::field::connection;
@@ -323,6 +317,10 @@ public:
         input_ = {static_cast<const char*>(in.data()), in.size()};
         return put(in, ec);
     }
+    // Reads a head parse_whole_response_head() has read: the exchange takes it
+    // from `head`, and this parser the framing, from framing_head() (without
+    // the callbacks), to read the body that follows.
+    void put_head(const ResponseHead& head, error_code& ec);
 
 private:
     void on_request_impl(http::verb, beast::string_view, beast::string_view, int, error_code&) override {}
@@ -338,6 +336,7 @@ private:
 
     Exchange& ex_;
     std::string_view input_;
+    bool quiet_ = false; // put_head()'s framing: not the upstream's head
 };
 
 class Exchange {
@@ -393,22 +392,37 @@ private:
 };
 
 void UpstreamParser::on_response_impl(int code, beast::string_view reason, int, error_code&) {
+    if (quiet_) return;
     ex_.status_ = code;
     ex_.reason_ = reason;
-    ex_.scratch_->fields.clear();
+    ex_.scratch_->head.fields.clear();
     ex_.scratch_->folded.clear();
 }
 
 void UpstreamParser::on_field_impl(http::field name, beast::string_view name_string, beast::string_view value,
                                    error_code&) {
+    if (quiet_) return;
     auto& sc = *ex_.scratch_;
     // A value outside the bytes being parsed is a folded one (see Scratch::folded).
     const bool in_input = value.data() >= input_.data() && value.data() + value.size() <= input_.data() + input_.size();
     if (!value.empty() && !in_input) value = sc.folded.emplace_back(value);
-    sc.fields.push_back({name, name_string, value});
+    sc.head.fields.push_back({name, name_string, value});
 }
 
-void UpstreamParser::on_header_impl(error_code&) { ex_.on_head(*this); }
+void UpstreamParser::put_head(const ResponseHead& head, error_code& ec) {
+    char buf[96];
+    const std::string_view framing = framing_head(head, buf);
+    quiet_ = true;
+    put(asio::buffer(framing.data(), framing.size()), ec); // stops at the head's end
+    quiet_ = false;
+    ex_.status_ = head.status;
+    ex_.reason_ = head.reason;
+    if (!ec) ex_.on_head(*this);
+}
+
+void UpstreamParser::on_header_impl(error_code&) {
+    if (!quiet_) ex_.on_head(*this);
+}
 
 std::size_t UpstreamParser::on_body_impl(beast::string_view body, error_code&) {
     ex_.on_body(body);
@@ -431,7 +445,7 @@ void Exchange::on_head(UpstreamParser& p) {
     meter_.status = status_;
     bool sse = false;
     auto coding = usage::ContentCoding::identity;
-    for (auto const& f : sc.fields) {
+    for (auto const& f : sc.head.fields) {
         if (f.id == http::field::content_type) {
             sse = beast::iequals(f.val.substr(0, 17), "text/event-stream");
         } else if (f.id == http::field::content_encoding) {
@@ -459,7 +473,7 @@ void Exchange::on_head(UpstreamParser& p) {
         else
             client_keep_alive_ = false;
     }
-    build_head(sc.client_head, status_, reason_, sc.fields, client_version_, keep_length, chunked_out_,
+    build_head(sc.client_head, status_, reason_, sc.head.fields, client_version_, keep_length, chunked_out_,
                client_keep_alive_, meter_.rid);
     if (coding != usage::ContentCoding::identity)
         coded_.emplace(coding, sse);
@@ -623,13 +637,16 @@ awaitable<void> Exchange::relay(Stream& up) {
         co_return;
     }
 
+    constexpr std::size_t kHeadLimit = 64 * 1024;
     std::optional<UpstreamParser> parser;
+    bool head_unread = false; // the parser has had none of this response's bytes
     auto fresh_parser = [&] {
         parser.emplace(*this);
+        head_unread = req_.method() != http::verb::head; // (HEAD: Beast's skip())
         // Not boost::none: Beast 1.74 compares a Content-Length against an
         // empty optional as "over the limit" (basic_parser.ipp, finish_header).
         parser->body_limit(std::numeric_limits<std::uint64_t>::max());
-        parser->header_limit(64 * 1024);
+        parser->header_limit(kHeadLimit);
         parser->eager(true);
         if (req_.method() == http::verb::head) parser->skip(true);
     };
@@ -650,6 +667,23 @@ awaitable<void> Exchange::relay(Stream& up) {
         sc.pieces.clear();
         sc.out.clear();
         while (ubuf.size() > 0 && !parser->is_done()) {
+            if (head_unread) {
+                // The common case, a plain head all in the buffer, is read
+                // without Beast (proxy/response.hpp); Beast's parser reads it
+                // otherwise, and its body in any case.
+                const std::string_view in(static_cast<const char*>(ubuf.data().data()), ubuf.size());
+                if (const std::size_t n = parse_whole_response_head(in, kHeadLimit, sc.head)) {
+                    head_unread = false;
+                    parser->put_head(sc.head, up_ec);
+                    ubuf.consume(n);
+                    if (up_ec) break;
+                    continue;
+                }
+                // The rest of the head is still to come: read it first (Beast
+                // would wait for it too, and the fast path may take it then).
+                if (in.size() < kHeadLimit && in.find("\r\n\r\n") == std::string_view::npos) break;
+                head_unread = false;
+            }
             const std::size_t n = parser->put_input(ubuf.data(), up_ec);
             ubuf.consume(n);
             if (up_ec == http::error::need_more) {

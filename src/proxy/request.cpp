@@ -3,9 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
+#include "grammar.hpp"
 
 namespace relaymeter::proxy {
 
@@ -111,88 +109,7 @@ std::size_t RequestParser::on_chunk_body_impl(std::uint64_t, beast::string_view 
     return on_body_impl(body, ec);
 }
 
-namespace {
-
-// Byte classes, as Beast's basic_parser has them.
-struct ByteClass {
-    bool t[256] = {};
-    constexpr bool operator()(char c) const { return t[static_cast<unsigned char>(c)]; }
-};
-
-// tchar (RFC 9110 5.6.2): method and field names, Connection tokens.
-constexpr ByteClass make_tchar() {
-    ByteClass b;
-    for (int c = '0'; c <= '9'; ++c) b.t[c] = true;
-    for (int c = 'a'; c <= 'z'; ++c) b.t[c] = true;
-    for (int c = 'A'; c <= 'Z'; ++c) b.t[c] = true;
-    for (char c : std::string_view("!#$%&'*+-.^_`|~")) b.t[static_cast<unsigned char>(c)] = true;
-    return b;
-}
-constexpr ByteClass kTchar = make_tchar();
-
-// The request target: any byte but controls, space and DEL.
-constexpr ByteClass make_target() {
-    ByteClass b;
-    for (int c = 0x21; c < 256; ++c) b.t[c] = c != 0x7f;
-    return b;
-}
-constexpr ByteClass kTarget = make_target();
-
-// A field value: HTAB, visible ASCII, space, and obs-text.
-constexpr ByteClass make_value() {
-    ByteClass b;
-    b.t['\t'] = true;
-    for (int c = 0x20; c < 256; ++c) b.t[c] = c != 0x7f;
-    return b;
-}
-constexpr ByteClass kValue = make_value();
-
-constexpr bool is_blank(char c) { return c == ' ' || c == '\t'; }
-
-// The first byte of [p, last) that cannot be in a field value (a control
-// other than HTAB, or DEL), or last. A head's values are most of its bytes.
-const char* value_end(const char* p, const char* last) {
-#if defined(__SSE2__)
-    const __m128i tab = _mm_set1_epi8('\t');
-    const __m128i space = _mm_set1_epi8(' ');
-    const __m128i del = _mm_set1_epi8(0x7f);
-    const __m128i minus_one = _mm_set1_epi8(-1);
-    while (last - p >= 16) {
-        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-        // As signed bytes, 0x00-0x1f are 0..31 and obs-text is negative.
-        const __m128i ctl = _mm_and_si128(_mm_cmpgt_epi8(v, minus_one), _mm_cmplt_epi8(v, space));
-        const __m128i bad = _mm_or_si128(_mm_andnot_si128(_mm_cmpeq_epi8(v, tab), ctl), _mm_cmpeq_epi8(v, del));
-        const unsigned m = static_cast<unsigned>(_mm_movemask_epi8(bad));
-        if (m != 0) return p + __builtin_ctz(m);
-        p += 16;
-    }
-#endif
-    while (p < last && kValue(*p)) ++p;
-    return p;
-}
-
-// A Connection (or Proxy-Connection) value: plain tokens separated by commas
-// with optional blanks, each seen as basic_parser sees it. False for any
-// other form (quoted strings, empty elements), which Beast then reads.
-bool connection_tokens(std::string_view v, bool& close, bool& keep_alive) {
-    std::size_t i = 0;
-    for (;;) {
-        while (i < v.size() && is_blank(v[i])) ++i;
-        const std::size_t start = i;
-        while (i < v.size() && kTchar(v[i])) ++i;
-        if (i == start) return false;
-        const std::string_view token = v.substr(start, i - start);
-        if (beast::iequals(token, "close")) close = true;
-        if (beast::iequals(token, "keep-alive")) keep_alive = true;
-        if (beast::iequals(token, "upgrade")) return false; // Beast's own handling
-        while (i < v.size() && is_blank(v[i])) ++i;
-        if (i == v.size()) return true;
-        if (v[i] != ',') return false;
-        ++i;
-    }
-}
-
-} // namespace
+using namespace grammar;
 
 std::size_t parse_whole_request(std::string_view in, std::size_t header_limit, std::uint64_t body_limit,
                                 Request& req, boost::optional<std::uint64_t>& content_length) {
@@ -232,51 +149,15 @@ std::size_t parse_whole_request(std::string_view in, std::size_t header_limit, s
     req.version_ = p[7] == '1' ? 11 : 10;
     p += 10;
 
-    bool close = false;
-    bool keep_alive = false;
-    while (p < end) {
-        q = p;
-        while (kTchar(*q)) ++q;
-        if (q == p || *q != ':') return fail();
-        const std::string_view name(p, static_cast<std::size_t>(q - p));
-        ++q;
-        while (is_blank(*q)) ++q;
-        const char* const v = q;
-        q = value_end(q, last);
-        // The line must end in CRLF, and the next one must not be folded
-        // into it (the head's last CRLF is followed by the blank line's CR).
-        if (q[0] != '\r' || q[1] != '\n' || is_blank(q[2])) return fail();
-        const char* ve = q;
-        while (ve > v && is_blank(ve[-1])) --ve;
-        const std::string_view value(v, static_cast<std::size_t>(ve - v));
-        p = q + 2;
-
-        const http::field id = http::string_to_field(name);
-        switch (id) {
-        case http::field::transfer_encoding:
-        case http::field::upgrade:
-            return fail();
-        case http::field::content_length: {
-            if (content_length || value.empty() || value.size() > 19) return fail();
-            std::uint64_t n = 0;
-            for (char c : value) {
-                if (c < '0' || c > '9') return fail();
-                n = n * 10 + static_cast<std::uint64_t>(c - '0');
-            }
-            content_length = n;
-            break;
-        }
-        case http::field::connection:
-        case http::field::proxy_connection:
-            if (!connection_tokens(value, close, keep_alive)) return fail();
-            break;
-        default:
-            break;
-        }
+    Framing framing;
+    const bool plain = field_lines(p, end, last, [&](http::field id, std::string_view name, std::string_view value) {
+        if (!framing.field(id, value, false)) return false;
         req.add_field(id, name, value);
-    }
-    // As basic_parser::keep_alive().
-    req.keep_alive_ = req.version_ == 11 ? !close : keep_alive;
+        return true;
+    });
+    if (!plain) return fail();
+    if (framing.has_length) content_length = framing.length;
+    req.keep_alive_ = framing.keeps_alive(req.version_);
 
     std::size_t total = head_len;
     if (content_length) {

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <random>
 #include <string>
 
 #include "relaymeter/config/config.hpp"
@@ -12,6 +13,24 @@
 #include "relaymeter/usage/usage.hpp"
 
 namespace relaymeter::testfixtures {
+
+// One to three byte edits (replace, insert, erase) of an HTTP message, with
+// the bytes that matter to HTTP's grammar: for checking a fast parser against
+// Beast's on inputs near the plain ones.
+inline std::string mutate_http(std::string in, std::mt19937& rng) {
+    static const std::string specials = std::string(" \t\r\n:,\"\x7f\x80\x01;=/0aZ", 16) + std::string(1, '\0');
+    const int edits = 1 + static_cast<int>(rng() % 3);
+    for (int e = 0; e < edits && !in.empty(); ++e) {
+        const std::size_t at = rng() % in.size();
+        const char c = specials[rng() % specials.size()];
+        switch (rng() % 3) {
+        case 0: in[at] = c; break;
+        case 1: in.insert(in.begin() + static_cast<std::ptrdiff_t>(at), c); break;
+        default: in.erase(at, 1); break;
+        }
+    }
+    return in;
+}
 
 inline usage::Usage make_usage(std::uint64_t in, std::uint64_t out, std::uint64_t cached = 0,
                                std::uint64_t reasoning = 0) {

@@ -12,6 +12,7 @@
 
 #include <boost/optional/optional_io.hpp>
 
+#include "fixtures.hpp"
 #include "relaymeter/proxy/request.hpp"
 
 using namespace relaymeter;
@@ -171,21 +172,10 @@ TEST_CASE("request: on mutated requests the fast path agrees with Beast or decli
     // Byte edits of an SDK request with the bytes that matter to HTTP's
     // grammar; every accepted mutation must read the same through both.
     const std::string base = sdk_request() + "GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n";
-    const std::string specials = std::string(" \t\r\n:,\"\x7f\x80\x01;=/0aZ", 16) + std::string(1, '\0');
     std::mt19937 rng(20261204);
     int taken = 0;
     for (int i = 0; i < 20000; ++i) {
-        std::string in = base;
-        const int edits = 1 + static_cast<int>(rng() % 3);
-        for (int e = 0; e < edits; ++e) {
-            const std::size_t at = rng() % in.size();
-            const char c = specials[rng() % specials.size()];
-            switch (rng() % 3) {
-            case 0: in[at] = c; break;
-            case 1: in.insert(in.begin() + static_cast<std::ptrdiff_t>(at), c); break;
-            default: in.erase(at, 1); break;
-            }
-        }
+        const std::string in = testfixtures::mutate_http(base, rng);
         taken += agree(in) ? 1 : 0;
     }
     // The edits that keep a request plain (inside a value or the body) are
