@@ -328,12 +328,12 @@ bool Ledger::Impl::write_pending() {
         pending_off += static_cast<std::size_t>(w);
         size += static_cast<std::uint64_t>(w);
         bytes_written.fetch_add(static_cast<std::uint64_t>(w), std::memory_order_relaxed);
-        pending_bytes.store(pending.size() - pending_off, std::memory_order_relaxed);
+        pending_bytes.store(pending.size() - pending_off, std::memory_order_release);
         mid_line = pending[pending_off - 1] != '\n';
     }
     pending.clear();
     pending_off = 0;
-    pending_bytes.store(0, std::memory_order_relaxed);
+    pending_bytes.store(0, std::memory_order_release);
     if (opt.fsync && fd >= 0 && ::fdatasync(fd) != 0) log_write_error("cannot sync", errno);
     flushes.fetch_add(1, std::memory_order_relaxed);
     return true;
@@ -459,12 +459,11 @@ bool Ledger::close(std::chrono::milliseconds give_up_after) {
 Stats Ledger::stats() const {
     Impl& d = *impl_;
     Stats s;
-    s.bytes_written = d.bytes_written.load();
-    s.flushes = d.flushes.load();
-    s.write_errors = d.write_errors.load();
-    s.rotations = d.rotations.load();
-    s.buffered_bytes = d.pending_bytes.load();
     {
+        // take() moves buffers into pending under reg_mu: reading pending_bytes
+        // under it too means no record is missed between the two, and reading
+        // bytes_written after pending_bytes (which the writer lowers only after
+        // counting the write) keeps "nothing buffered" and "all written" in step.
         const std::lock_guard rl(d.reg_mu);
         for (const auto& b : d.buffers) {
             const std::lock_guard bl(b->mu);
@@ -472,7 +471,12 @@ Stats Ledger::stats() const {
             s.buffered_bytes += b->data.size();
             if (b->waiting) ++s.waiting_threads;
         }
+        s.buffered_bytes += d.pending_bytes.load(std::memory_order_acquire);
     }
+    s.bytes_written = d.bytes_written.load(std::memory_order_relaxed);
+    s.flushes = d.flushes.load();
+    s.write_errors = d.write_errors.load();
+    s.rotations = d.rotations.load();
     // Read after the buffers: a thread counts its wait before it is seen
     // waiting, so a snapshot never shows a waiting thread and zero waits.
     s.backpressure_waits = d.waits.load();
