@@ -338,7 +338,9 @@ def main():
             put(f"cl1_add_{q}", t, R[f"cl1_{q}"][t] - R[f"cl1_{q}"]["direct"])
 
     # the same at c=64 and c=256 with the header fields an OpenAI SDK sends
-    # (bench/post.lua, BENCH_HEADERS=sdk): per-field costs show only here
+    # (bench/post.lua, BENCH_HEADERS=sdk), which the fake answers with the
+    # ~20 fields api.openai.com sends (run.sh: --openai-headers-for-sdk):
+    # per-field costs show only here
     for c in (64, 256):
         runs = interleaved(f"closed sdk-headers c={c}", lambda p: run_wrk(p, c, wrk_dur, args, small, "sdk"),
                            "requests", c, lambda r: f"{r['rps']:.0f} req/s p99 {r['p99']:.0f}us "
@@ -554,6 +556,9 @@ def machine_note(args):
         "fake_upstream --threads 1; wrk -t1; open loop: bench/openloop (1 thread)",
         f"- tools: {ver(['nginx', '-v'])}; {ver(['wrk', '-v'])}; relaymeter {ver(['git', '-C', os.path.dirname(args.bench_dir), 'rev-parse', '--short', 'HEAD'])}",
         f"- streams: fake_upstream --chunks {args.chunks} --chunk-interval-ms {args.chunk_interval_ms:g}",
+        "- SDK exchange rows: the OpenAI Python SDK's 17 request header fields (bench/post.lua BENCH_HEADERS=sdk), "
+        "answered with api.openai.com's ~20 response fields (fake_upstream --openai-headers-for-sdk); "
+        "the other rows: 3 request fields, 1 response field besides the framing",
         "- closed and open loop: " + ("1 run of 1 s per target and level or rate" if args.smoke else
                                       f"closed loop 9 rounds of 1 s per level, open loop 3 rounds of 3 s per rate; "
                                       f"each round runs the three targets in a shuffled order (seed {args.seed}); "
@@ -575,17 +580,17 @@ ROWS = [
      lambda r, n: r >= 1.0),
     ("cl64_won", "c=64: rounds in which relaymeter's req/s ≥ nginx's", "rounds", None, "", None),
     ("cl256_won", "c=256: rounds in which relaymeter's req/s ≥ nginx's", "rounds", None, "", None),
-    ("sdk64_rps", "SDK header fields, c=64: req/s", "req/s", "hi", "", None),
-    ("sdk256_rps", "SDK header fields, c=256: req/s", "req/s", "hi", "", None),
-    ("sdk64_pair", "SDK header fields, c=64 relaymeter/nginx, median of the rounds' ratios", "×", None, "≥ 1.0",
+    ("sdk64_rps", "SDK exchange, c=64: req/s", "req/s", "hi", "", None),
+    ("sdk256_rps", "SDK exchange, c=256: req/s", "req/s", "hi", "", None),
+    ("sdk64_pair", "SDK exchange, c=64 relaymeter/nginx, median of the rounds' ratios", "×", None, "≥ 1.0",
      lambda r, n: r >= 1.0),
-    ("sdk256_pair", "SDK header fields, c=256 relaymeter/nginx, median of the rounds' ratios", "×", None, "≥ 1.0",
+    ("sdk256_pair", "SDK exchange, c=256 relaymeter/nginx, median of the rounds' ratios", "×", None, "≥ 1.0",
      lambda r, n: r >= 1.0),
-    ("sdk64_won", "SDK header fields, c=64: rounds in which relaymeter's req/s ≥ nginx's", "rounds", None, "", None),
-    ("sdk256_won", "SDK header fields, c=256: rounds in which relaymeter's req/s ≥ nginx's", "rounds", None, "",
+    ("sdk64_won", "SDK exchange, c=64: rounds in which relaymeter's req/s ≥ nginx's", "rounds", None, "", None),
+    ("sdk256_won", "SDK exchange, c=256: rounds in which relaymeter's req/s ≥ nginx's", "rounds", None, "",
      None),
-    ("sdk64_cpu", "SDK header fields, proxy CPU per request, c=64", "µs", "lo", "≤ nginx", lambda r, n: r <= n),
-    ("sdk256_cpu", "SDK header fields, proxy CPU per request, c=256", "µs", "lo", "", None),
+    ("sdk64_cpu", "SDK exchange, proxy CPU per request, c=64", "µs", "lo", "≤ nginx", lambda r, n: r <= n),
+    ("sdk256_cpu", "SDK exchange, proxy CPU per request, c=256", "µs", "lo", "", None),
     ("cl1_p50", "c=1 latency p50", "µs", "lo", "", None),
     ("cl1_p90", "c=1 latency p90", "µs", "lo", "", None),
     ("cl1_p99", "c=1 latency p99", "µs", "lo", "", None),

@@ -106,8 +106,10 @@ wait_http() { # URL: up to 10 s
 gcc -O2 -Wall -o "$WORK/openloop" "$HERE/openloop.c"
 
 # ------------------------------------------------------------------ fake upstream
+# (--openai-headers-for-sdk: the SDK rows' requests get api.openai.com's ~20
+# response fields, the others the fake's single x-request-id)
 "$BUILD/fake_upstream" --listen 127.0.0.1:0 --threads 1 --chunks "$CHUNKS" --chunk-interval-ms "$CHUNK_MS" \
-  >"$WORK/fake.out" 2>"$WORK/fake.err" &
+  --openai-headers-for-sdk >"$WORK/fake.out" 2>"$WORK/fake.err" &
 FAKE_PID=$!; PIDS+=("$FAKE_PID")
 FAKE_PORT=""
 for _ in $(seq 1 100); do

@@ -196,7 +196,7 @@ TEST_CASE("proxy: an SDK's request fields and OpenAI's response fields are relay
     // sends the OpenAI Python SDK's. Both heads are written by copying runs
     // of received lines: every field must arrive with its value.
     fake::OpenAIOptions o;
-    o.openai_headers = true;
+    o.openai_headers_for_sdk = true; // as in the benchmark's SDK rows
     o.prompt_tokens = 321;
     o.completion_tokens = 54;
     fake::FakeUpstream up({}, fake::openai_handler(o));
@@ -237,9 +237,15 @@ TEST_CASE("proxy: an SDK's request fields and OpenAI's response fields are relay
             CHECK(got[3].headers.at(lower) == value);
         }
     }
-    const auto s = wait_total(d.port(), 3);
-    CHECK(model_entry(s, "gpt-4.1")["input_tokens"] == 3 * 321);
-    CHECK(model_entry(s, "gpt-4.1")["output_tokens"] == 3 * 54);
+    // A client that is not an SDK gets the fake's plain answer.
+    const auto plain = c.post_json("/v1/chat/completions", chat("gpt-4.1"));
+    REQUIRE(plain.status == 200);
+    CHECK(plain.header("x-request-id") == "req_fake");
+    CHECK(plain.headers.count("openai-version") == 0);
+    CHECK(want.header("openai-version") == "2020-10-01");
+    const auto s = wait_total(d.port(), 4);
+    CHECK(model_entry(s, "gpt-4.1")["input_tokens"] == 4 * 321);
+    CHECK(model_entry(s, "gpt-4.1")["output_tokens"] == 4 * 54);
 }
 
 TEST_CASE("proxy: upstream 4xx/5xx pass through unchanged and count as errors", "[integration]") {

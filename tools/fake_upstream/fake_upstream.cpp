@@ -208,6 +208,7 @@ struct RequestInfo {
     bool include_usage = false;
     std::optional<std::uint64_t> max_tokens;
     std::size_t inputs = 1; // embeddings
+    bool openai_headers = false; // answer with api.openai.com's header fields
 };
 
 // A scanner for the few top-level fields the fake needs; anything unusual
@@ -696,7 +697,7 @@ struct OpenAIState {
         return r;
     }
 
-    Response json_ok(std::string body) const {
+    Response json_ok(std::string body, const RequestInfo& info) const {
         static const std::map<std::string, std::string> plain{{"x-request-id", "req_fake"}};
         static const std::map<std::string, std::string> openai{
             {"date", "Fri, 04 Dec 2026 18:00:00 GMT"},
@@ -722,7 +723,7 @@ struct OpenAIState {
             {"cf-ray", "8f1e2d3c4b5a6978-FRA"},
             {"alt-svc", "h3=\":443\"; ma=86400"},
         };
-        return Response::json(200, body, options.openai_headers ? openai : plain);
+        return Response::json(200, body, info.openai_headers ? openai : plain);
     }
 
     Response render(Endpoint ep, const RequestInfo& info) const {
@@ -731,15 +732,16 @@ struct OpenAIState {
         Renderer rr{options, info, completion};
         switch (ep) {
         case Endpoint::Chat:
-            return with_latency(info.stream ? stream_response(rr.chat_events(), 1) : json_ok(rr.chat_body()), info.model);
+            return with_latency(info.stream ? stream_response(rr.chat_events(), 1) : json_ok(rr.chat_body(), info),
+                                info.model);
         case Endpoint::Completions:
             return with_latency(info.stream ? stream_response(rr.completion_events(), 0)
-                                            : json_ok(rr.completion_body()), info.model);
+                                            : json_ok(rr.completion_body(), info), info.model);
         case Endpoint::Responses:
             return with_latency(info.stream ? stream_response(rr.responses_events(), 1)
-                                            : json_ok(rr.response_object(true).dump()), info.model);
+                                            : json_ok(rr.response_object(true).dump(), info), info.model);
         case Endpoint::Embeddings:
-            return with_latency(json_ok(rr.embeddings_body()), info.model);
+            return with_latency(json_ok(rr.embeddings_body(), info), info.model);
         default:
             break;
         }
@@ -774,9 +776,16 @@ struct OpenAIState {
                            nullptr)),
                 info.model);
         }
+        if (options.openai_headers) {
+            info.openai_headers = true;
+        } else if (options.openai_headers_for_sdk) {
+            const auto ua = req.headers.find("user-agent");
+            info.openai_headers = ua != req.headers.end() && ua->second.rfind("OpenAI/", 0) == 0;
+        }
         std::string key;
         key.reserve(info.model.size() + 48);
         key += static_cast<char>('0' + static_cast<int>(ep));
+        key += info.openai_headers ? 'O' : '-';
         key += info.stream ? 'S' : 'P';
         key += info.include_usage ? 'U' : '-';
         key += std::to_string(info.max_tokens ? std::min(*info.max_tokens, options.completion_tokens)

@@ -106,6 +106,9 @@ struct OpenAIOptions {
     // sends behind Cloudflare (openai-*, x-ratelimit-*, cf-ray, set-cookie...)
     // rather than x-request-id alone.
     bool openai_headers = false;
+    // The same, but only for requests whose User-Agent starts with "OpenAI/"
+    // (an OpenAI SDK's): the benchmark's SDK rows get OpenAI's answer.
+    bool openai_headers_for_sdk = false;
 };
 Handler openai_handler(OpenAIOptions options = {});
 

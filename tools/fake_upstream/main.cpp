@@ -78,7 +78,8 @@ int main(int argc, char** argv) {
         ("cached-tokens", po::value(&cached_tokens)->default_value(cached_tokens), "usage: cached prompt tokens")
         ("reasoning-tokens", po::value(&reasoning_tokens)->default_value(reasoning_tokens),
          "usage: reasoning tokens")
-        ("openai-headers", "plain answers carry the ~20 header fields api.openai.com sends, not x-request-id alone");
+        ("openai-headers", "plain answers carry the ~20 header fields api.openai.com sends, not x-request-id alone")
+        ("openai-headers-for-sdk", "the same, only for requests whose User-Agent starts with OpenAI/ (an SDK's)");
 
     po::variables_map vm;
     try {
@@ -117,6 +118,7 @@ int main(int argc, char** argv) {
     ai.cached_tokens = cached_tokens;
     ai.reasoning_tokens = reasoning_tokens;
     ai.openai_headers = vm.count("openai-headers") > 0;
+    ai.openai_headers_for_sdk = vm.count("openai-headers-for-sdk") > 0;
     ai.latency = from_ms(latency_ms);
     for (const auto& item : model_latency) {
         const auto eq = item.rfind('=');
