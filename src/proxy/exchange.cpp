@@ -30,20 +30,20 @@ namespace {
 using namespace std::string_view_literals;
 
 // True for the fields that are hop-by-hop in either direction (RFC 9110
-// 7.6.1), besides those a Connection header names.
-bool hop_by_hop(http::field f, std::string_view name) {
+// 7.6.1), besides those a Connection header names. (Proxy-Connection has an
+// id of its own in Beast's table, as field_id gives it.)
+bool hop_by_hop(http::field f) {
     switch (f) {
     case http::field::connection:
     case http::field::keep_alive:
     case http::field::proxy_authenticate:
     case http::field::proxy_authorization:
+    case http::field::proxy_connection:
     case http::field::te:
     case http::field::trailer:
     case http::field::transfer_encoding:
     case http::field::upgrade:
         return true;
-    case http::field::unknown:
-        return beast::iequals(name, "proxy-connection");
     default:
         return false;
     }
@@ -134,7 +134,7 @@ void build_request_head(std::string& out, const Request& req, const config::Conf
         default:
             break;
         }
-        if (hop_by_hop(f.name(), name)) continue;
+        if (hop_by_hop(f.name())) continue;
         if (has_connection && named_by_connection(req, name)) continue;
         lines.field(name, f.value());
     }
@@ -291,7 +291,7 @@ void build_head(std::string& out, int status, std::string_view reason, const std
     out.append("\r\n"sv);
     LineWriter lines(out);
     for (auto const& f : fields) {
-        if (hop_by_hop(f.name(), f.name_string())) continue;
+        if (hop_by_hop(f.name())) continue;
         if (f.name() == http::field::content_length && !keep_length) continue;
         if (has_connection && named_by_connection(fields, f.name_string())) continue;
         lines.field(f.name_string(), f.value());

@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "relaymeter/net.hpp"
+#include "relaymeter/proxy/field.hpp"
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -159,7 +160,7 @@ bool field_lines(const char* p, const char* end, const char* last, OnField&& on_
         const char* ve = q;
         while (ve > v && is_blank(ve[-1])) --ve;
         p = q + 2;
-        if (!on_field(http::string_to_field(name), name, std::string_view(v, static_cast<std::size_t>(ve - v))))
+        if (!on_field(field_id(name), name, std::string_view(v, static_cast<std::size_t>(ve - v))))
             return false;
     }
     return true;

@@ -15,7 +15,7 @@ std::string_view Request::operator[](http::field id) const {
 }
 
 std::string_view Request::operator[](std::string_view name) const {
-    const http::field id = http::string_to_field(name);
+    const http::field id = field_id(name);
     if (id != http::field::unknown) return (*this)[id];
     for (const Entry& e : fields_) {
         if (e.id == http::field::unknown && beast::iequals(text(e.name), name)) return text(e.value);

@@ -133,7 +133,10 @@ TEST_CASE("proxy: counters, tokens and cost equal what the upstream reported", "
 TEST_CASE("proxy: request rewriting, hop-by-hop headers, request ids and Authorization", "[integration]") {
     fake::FakeUpstream up({}, [](const fake::Request&) {
         return fake::Response::json(200, R"({"id":"x","usage":{"prompt_tokens":1,"completion_tokens":2}})",
-                                    {{"x-request-id", "upstream-abc"}, {"X-Custom", "kept"}});
+                                    {{"x-request-id", "upstream-abc"},
+                                     {"X-Custom", "kept"},
+                                     {"Keep-Alive", "timeout=30"},
+                                     {"Proxy-Connection", "keep-alive"}});
     });
     const std::string body = "{ \"model\" : \"gpt-4.1\",\n \"messages\": [] , \"x\":\"\\u00e9\\\"\" }";
 
@@ -149,11 +152,14 @@ TEST_CASE("proxy: request rewriting, hop-by-hop headers, request ids and Authori
                             {"Keep-Alive", "timeout=5"},
                             {"Proxy-Authorization", "Basic c2VjcmV0"},
                             {"TE", "trailers"},
+                            {"Proxy-Connection", "keep-alive"},
                             {"X-Kept", "yes"}});
         REQUIRE(r.status == 200);
         CHECK(r.header("x-relaymeter-request-id") == "my-id-42");
         CHECK(r.header("x-request-id") == "upstream-abc");
         CHECK(r.header("x-custom") == "kept");
+        CHECK(r.headers.count("keep-alive") == 0); // hop-by-hop on the way back too
+        CHECK(r.headers.count("proxy-connection") == 0);
         CHECK(r.body == R"({"id":"x","usage":{"prompt_tokens":1,"completion_tokens":2}})");
         REQUIRE(up.request_count() == 1);
         auto got = up.requests().at(0);
@@ -164,7 +170,7 @@ TEST_CASE("proxy: request rewriting, hop-by-hop headers, request ids and Authori
         CHECK(got.headers["authorization"] == "Bearer client-key");
         CHECK(got.headers["x-request-id"] == "my-id-42");
         CHECK(got.headers["x-kept"] == "yes");
-        for (auto h : {"x-hop", "keep-alive", "proxy-authorization", "te", "connection"}) {
+        for (auto h : {"x-hop", "keep-alive", "proxy-authorization", "proxy-connection", "te", "connection"}) {
             INFO(h);
             CHECK(got.headers.count(h) == 0);
         }
