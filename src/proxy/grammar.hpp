@@ -73,6 +73,34 @@ inline const char* value_end(const char* p, const char* last) {
     return p;
 }
 
+// The first byte at or after p that is not a tchar: the end of a field name
+// (the head's CRLF stops it before `last`). Names are mostly letters, digits
+// and '-', which are checked 16 at a time; the scalar loop goes on from the
+// first other byte (':' at once, or a rarer tchar).
+inline const char* name_end(const char* p, const char* last) {
+#if defined(__SSE2__)
+    const __m128i case_bit = _mm_set1_epi8(0x20);
+    while (last - p >= 16) {
+        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+        // As signed bytes, so that obs-text (negative) is in no range.
+        const __m128i lower = _mm_or_si128(v, case_bit);
+        const __m128i alpha = _mm_and_si128(_mm_cmpgt_epi8(lower, _mm_set1_epi8('a' - 1)),
+                                            _mm_cmplt_epi8(lower, _mm_set1_epi8('z' + 1)));
+        const __m128i digit = _mm_and_si128(_mm_cmpgt_epi8(v, _mm_set1_epi8('0' - 1)),
+                                            _mm_cmplt_epi8(v, _mm_set1_epi8('9' + 1)));
+        const __m128i dash = _mm_cmpeq_epi8(v, _mm_set1_epi8('-'));
+        const unsigned plain = static_cast<unsigned>(_mm_movemask_epi8(_mm_or_si128(_mm_or_si128(alpha, digit), dash)));
+        if (plain != 0xffff) {
+            p += __builtin_ctz(~plain);
+            break;
+        }
+        p += 16;
+    }
+#endif
+    while (kTchar(*p)) ++p;
+    return p;
+}
+
 // A Connection (or Proxy-Connection) value: plain tokens separated by commas
 // with optional blanks, each seen as basic_parser sees it. False for any
 // other form (quoted strings, empty elements, upgrade), which Beast then reads.
@@ -146,8 +174,7 @@ struct Framing {
 template <class OnField>
 bool field_lines(const char* p, const char* end, const char* last, OnField&& on_field) {
     while (p < end) {
-        const char* q = p;
-        while (kTchar(*q)) ++q;
+        const char* q = name_end(p, last);
         if (q == p || *q != ':') return false;
         const std::string_view name(p, static_cast<std::size_t>(q - p));
         ++q;
