@@ -360,8 +360,9 @@ private:
     Sent send_now(bool last);
     awaitable<bool> flush();
 
-    // UpstreamParser's callbacks (inside put()).
-    void on_head(UpstreamParser& p);
+    // UpstreamParser's callbacks (inside put()); on_head also for a head the
+    // fast path read. `has_length`: the head has a Content-Length.
+    void on_head(bool keep_alive, bool body_expected, bool has_length);
     void on_body(std::string_view piece);
 
     Context& ctx_;
@@ -417,11 +418,11 @@ void UpstreamParser::put_head(const ResponseHead& head, error_code& ec) {
     quiet_ = false;
     ex_.status_ = head.status;
     ex_.reason_ = head.reason;
-    if (!ec) ex_.on_head(*this);
+    if (!ec) ex_.on_head(keep_alive(), !is_done(), content_length().has_value());
 }
 
 void UpstreamParser::on_header_impl(error_code&) {
-    if (!quiet_) ex_.on_head(*this);
+    if (!quiet_) ex_.on_head(keep_alive(), !is_done(), content_length().has_value());
 }
 
 std::size_t UpstreamParser::on_body_impl(beast::string_view body, error_code&) {
@@ -436,7 +437,7 @@ std::size_t UpstreamParser::on_chunk_body_impl(std::uint64_t, beast::string_view
 
 // The upstream's head is complete (its fields are views valid only now):
 // choose the client's framing, serialize its head, pick the usage scanner.
-void Exchange::on_head(UpstreamParser& p) {
+void Exchange::on_head(bool keep_alive, bool body_expected, bool has_length) {
     if (status_ >= 100 && status_ < 200 && status_ != 101) {
         interim_ = true; // skipped by relay(); the final response follows
         return;
@@ -456,7 +457,7 @@ void Exchange::on_head(UpstreamParser& p) {
         }
     }
     meter_.streamed = sse;
-    upstream_keep_alive_ = p.keep_alive();
+    upstream_keep_alive_ = keep_alive;
     // The upstream compressed although it was not asked to: the client gets
     // the coded bytes unchanged (nothing can be stripped from them) and the
     // usage is read from a copy inflated on the side.
@@ -464,9 +465,8 @@ void Exchange::on_head(UpstreamParser& p) {
 
     // Framing towards the client: the upstream's Content-Length when the bytes
     // are relayed unchanged, chunked otherwise (close-delimited for HTTP/1.0).
-    const bool body_expected = !p.is_done();
     bool keep_length = true;
-    if (body_expected && (strip_ || !p.content_length())) {
+    if (body_expected && (strip_ || !has_length)) {
         keep_length = false;
         if (client_version_ >= 11)
             chunked_out_ = true;
@@ -640,8 +640,13 @@ awaitable<void> Exchange::relay(Stream& up) {
     constexpr std::size_t kHeadLimit = 64 * 1024;
     std::optional<UpstreamParser> parser;
     bool head_unread = false; // the parser has had none of this response's bytes
+    // Set when the fast path read a head with a Content-Length: the body's
+    // bytes still to come, counted here; Beast's parser is not used then.
+    std::optional<std::uint64_t> length_left;
+    auto done = [&] { return length_left ? *length_left == 0 : parser->is_done(); };
     auto fresh_parser = [&] {
         parser.emplace(*this);
+        length_left.reset();
         head_unread = req_.method() != http::verb::head; // (HEAD: Beast's skip())
         // Not boost::none: Beast 1.74 compares a Content-Length against an
         // empty optional as "over the limit" (basic_parser.ipp, finish_header).
@@ -666,15 +671,30 @@ awaitable<void> Exchange::relay(Stream& up) {
         // until the next read.
         sc.pieces.clear();
         sc.out.clear();
-        while (ubuf.size() > 0 && !parser->is_done()) {
+        while (ubuf.size() > 0 && !done()) {
+            if (length_left) {
+                const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(*length_left, ubuf.size()));
+                on_body({static_cast<const char*>(ubuf.data().data()), n});
+                ubuf.consume(n);
+                *length_left -= n;
+                continue;
+            }
             if (head_unread) {
                 // The common case, a plain head all in the buffer, is read
-                // without Beast (proxy/response.hpp); Beast's parser reads it
-                // otherwise, and its body in any case.
+                // without Beast (proxy/response.hpp), and then a body of a
+                // given length too; Beast's parser reads the head otherwise,
+                // and any other body.
                 const std::string_view in(static_cast<const char*>(ubuf.data().data()), ubuf.size());
                 if (const std::size_t n = parse_whole_response_head(in, kHeadLimit, sc.head)) {
                     head_unread = false;
-                    parser->put_head(sc.head, up_ec);
+                    if (sc.head.body == ResponseHead::Body::length) {
+                        length_left = sc.head.content_length;
+                        status_ = sc.head.status;
+                        reason_ = sc.head.reason;
+                        on_head(sc.head.keep_alive, *length_left > 0, true);
+                    } else {
+                        parser->put_head(sc.head, up_ec);
+                    }
                     ubuf.consume(n);
                     if (up_ec) break;
                     continue;
@@ -712,7 +732,7 @@ awaitable<void> Exchange::relay(Stream& up) {
         // (A body that turns malformed still gets the bytes parsed before the
         // fault: the client sees the head and those, then the cut.)
         if (head_ready_) {
-            const bool last = parser->is_done();
+            const bool last = done();
             if (last) {
                 if (coded_) coded_->finish();
                 if (stream_) stream_->finish(sc.out);
@@ -755,13 +775,13 @@ awaitable<void> Exchange::relay(Stream& up) {
         ubuf.commit(n);
         if (up_ec == asio::error::eof || (!plain && up_ec == ssl::error::stream_truncated)) {
             // The end of a close-delimited body, or a cut-off response.
-            if (head_ready_ && parser->need_eof()) {
+            if (head_ready_ && !length_left && parser->need_eof()) {
                 up_ec = {};
                 parser->put_eof(up_ec);
                 if (!up_ec) continue; // done: the last send
             } else {
-                up_ec = parser->got_some() ? error_code(http::error::partial_message)
-                                          : error_code(http::error::end_of_stream);
+                up_ec = length_left || parser->got_some() ? error_code(http::error::partial_message)
+                                                          : error_code(http::error::end_of_stream);
             }
         }
         if (up_ec) break;
@@ -817,7 +837,7 @@ awaitable<void> Exchange::relay(Stream& up) {
         }
         co_return;
     }
-    reusable_ = upstream_keep_alive_ && parser->is_done();
+    reusable_ = upstream_keep_alive_ && done();
 }
 
 } // namespace

@@ -415,6 +415,41 @@ TEST_CASE("proxy: chunked and non-JSON upstream bodies are relayed and metered",
     CHECK(model_entry(s, "gpt-4.1")["total_requests"] == 2);
 }
 
+TEST_CASE("proxy: a body of a given length in several reads is relayed whole, metered, the connection reused",
+          "[integration]") {
+    // The fast path reads a plain head and counts a Content-Length body
+    // itself: the body's pieces arrive in separate writes here (the fake
+    // pauses between them), and a 0-length body ends the response at once.
+    const std::string body = R"({"id":"c","object":"chat.completion","choices":[],"usage":{"prompt_tokens":11,)"
+                             R"("completion_tokens":13,"total_tokens":24}})";
+    const std::string head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ";
+    fake::FakeUpstream up({}, [&](const fake::Request& rq) {
+        if (rq.target.find("empty") != std::string::npos) return fake::Response().write(head + "0\r\n\r\n");
+        return fake::Response()
+            .write(head + std::to_string(body.size()) + "\r\n\r\n" + body.substr(0, 20))
+            .delay(std::chrono::milliseconds(2))
+            .write(body.substr(20, 30))
+            .delay(std::chrono::milliseconds(2))
+            .write(body.substr(50));
+    });
+    Daemon d(daemon_yaml(up.base_url()));
+    HttpClient c(d.port());
+    for (int i = 0; i < 3; ++i) {
+        auto r = c.post_json("/v1/chat/completions", chat("gpt-4.1"));
+        CHECK(r.status == 200);
+        CHECK(r.body == body);
+        CHECK(r.header("content-length") == std::to_string(body.size()));
+        auto e = c.post_json("/v1/empty", chat("gpt-4.1"));
+        CHECK(e.status == 200);
+        CHECK(e.body.empty());
+    }
+    const auto s = wait_total(d.port(), 6);
+    CHECK(model_entry(s, "gpt-4.1")["input_tokens"] == 3 * 11);
+    CHECK(model_entry(s, "gpt-4.1")["output_tokens"] == 3 * 13);
+    CHECK(up.request_count() == 6);
+    CHECK(up.connections_accepted() == 1); // every response ended where its length said
+}
+
 TEST_CASE("proxy: keep-alive clients reuse pooled upstream connections", "[integration]") {
     fake::FakeUpstream up;
     Daemon d(daemon_yaml(up.base_url()));
