@@ -6,7 +6,8 @@
 # 1. syscalls per request, relaymeter vs nginx (strace -c -f, 4000 requests at
 #    a fixed 1000/s over 16 keep-alive connections);
 # 2. user-space instructions per request for relaymeter (valgrind callgrind,
-#    collection switched on only around 2000 requests, then callgrind_annotate);
+#    collection switched on only around 2000 requests, then callgrind_annotate),
+#    and the same for an OpenAI SDK's exchange (wrk -c4, BENCH_HEADERS=sdk);
 # 3. a CPU sample of relaymeter under wrk -c64 (perf record -e cpu-clock: the
 #    hardware counters are not available in this VM).
 # Everything binds 127.0.0.1 and is stopped on exit. Takes about 2 minutes.
@@ -37,7 +38,7 @@ gcc -O2 -o "$OUTDIR/openloop" "$HERE/openloop.c"
 printf '%s' '{"model":"gpt-4.1","messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Say hello in five words."}],"max_tokens":64,"temperature":0}' >"$OUTDIR/small.json"
 
 FP=$(free_port); NP=$(free_port); RP=$(free_port)
-"$BUILD/fake_upstream" --listen "127.0.0.1:$FP" >/dev/null 2>&1 & PIDS+=($!)
+"$BUILD/fake_upstream" --listen "127.0.0.1:$FP" --openai-headers-for-sdk >/dev/null 2>&1 & PIDS+=($!)
 mkdir -p "$OUTDIR/nginx/tmp"; chmod 711 "$OUTDIR" "$OUTDIR/nginx"; chmod 1777 "$OUTDIR/nginx/tmp"
 cat >"$OUTDIR/nginx/nginx.conf" <<EOF
 daemon off; worker_processes 1; pid $OUTDIR/nginx/nginx.pid; error_log $OUTDIR/nginx/error.log warn;
@@ -104,6 +105,31 @@ N=$(sed -n 's/.*done=\([0-9]*\).*/\1/p' "$OUTDIR/callgrind-load.txt")
 TOT=$(grep -m1 'PROGRAM TOTALS' "$OUTDIR/callgrind-self.txt" | awk '{gsub(",","",$1); print $1}')
 [[ "$TOT" =~ ^[0-9]+$ ]] || TOT=0
 echo "callgrind: $TOT instructions over $N requests = $((TOT / N)) per request" | tee "$OUTDIR/callgrind-summary.txt"
+
+# 2b. the same for an OpenAI SDK's exchange: its 17 request fields (wrk -c4, bench/post.lua
+#     BENCH_HEADERS=sdk) answered with api.openai.com's ~20 response fields (the fake's
+#     --openai-headers-for-sdk); the requests are counted by /summary, outside the collection
+total() { curl -s "http://127.0.0.1:$RP/summary" |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["overall"]["total_requests"])'; }
+sdk_load() { BENCH_HEADERS=sdk BENCH_BODY="$OUTDIR/small.json" wrk -t1 -c4 -d"$1" -s "$HERE/post.lua" \
+  "http://127.0.0.1:$RP/v1/chat/completions" >/dev/null; }
+rm -f "$OUTDIR"/callgrind-sdk.out*
+valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUTDIR/callgrind-sdk.out" \
+  "$BUILD/relaymeter" --config "$OUTDIR/relaymeter.yaml" 2>"$OUTDIR/valgrind-sdk.err" & VG=$!; PIDS+=($VG)
+wait_port "$RP"
+sdk_load 2s                     # warm-up, not collected
+BEFORE=$(total)
+callgrind_control -i on "$VG" >/dev/null
+sdk_load 4s
+callgrind_control -i off "$VG" >/dev/null
+N=$(( $(total) - BEFORE ))
+callgrind_control -d "$VG" >/dev/null
+kill "$VG"; wait "$VG" 2>/dev/null || true
+callgrind_annotate --inclusive=no "$OUTDIR/callgrind-sdk.out.1" >"$OUTDIR/callgrind-sdk-self.txt" 2>/dev/null || true
+TOT=$(grep -m1 'PROGRAM TOTALS' "$OUTDIR/callgrind-sdk-self.txt" | awk '{gsub(",","",$1); print $1}')
+[[ "$TOT" =~ ^[0-9]+$ ]] || TOT=0
+echo "callgrind, SDK exchange: $TOT instructions over $N requests = $((TOT / (N > 0 ? N : 1))) per request" \
+  | tee -a "$OUTDIR/callgrind-summary.txt"
 
 # 3. perf cpu-clock sample under wrk -c64
 "$BUILD/relaymeter" --config "$OUTDIR/relaymeter.yaml" 2>>"$OUTDIR/relaymeter.err" & RM_PID=$!; PIDS+=($RM_PID)
