@@ -158,6 +158,43 @@ configs = {
 }
 
 
+# fuzz_http: requests and responses as they reach the proxy (each input is
+# tried as both).
+chat_body = json.dumps(chat_response, separators=(",", ":")).encode()
+sdk_request_body = json.dumps({"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]}).encode()
+sdk_request_head = (
+    "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAccept-Encoding: gzip, deflate\r\n"
+    "Connection: keep-alive\r\nAccept: application/json\r\nContent-Type: application/json\r\n"
+    "User-Agent: OpenAI/Python 1.54.4\r\nX-Stainless-Lang: python\r\nX-Stainless-Retry-Count: 0\r\n"
+    "Authorization: Bearer sk-test\r\n").encode()
+openai_response_head = (
+    "HTTP/1.1 200 OK\r\nDate: Fri, 04 Dec 2026 22:00:00 GMT\r\nContent-Type: application/json\r\n"
+    "Connection: keep-alive\r\nopenai-processing-ms: 412\r\nx-ratelimit-remaining-tokens: 29999950\r\n"
+    "x-request-id: req_0123456789abcdef\r\nSet-Cookie: __cf_bm=abc; path=/; HttpOnly\r\n"
+    "Server: cloudflare\r\nalt-svc: h3=\":443\"; ma=86400\r\n").encode()
+
+
+def length(n):
+    return f"Content-Length: {n}\r\n\r\n".encode()
+
+
+http_messages = {
+    "sdk_request": sdk_request_head + length(len(sdk_request_body)) + sdk_request_body,
+    "pipelined_get": b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\nGET /summary HTTP/1.1\r\nHost: x\r\n\r\n",
+    "http10_keep_alive": b"GET /metrics HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    "chunked_request": b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       b"4\r\n{\"a\"\r\n2\r\n:1\r\n1\r\n}\r\n0\r\n\r\n",
+    "openai_response": openai_response_head + length(len(chat_body)) + chat_body,
+    "chunked_response": openai_response_head + b"Transfer-Encoding: chunked\r\n\r\n" +
+                        f"{len(chat_body):x}\r\n".encode() + chat_body + b"\r\n0\r\n\r\n",
+    "sse_response": b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n" + f"{len(chat_stream[0]):x}\r\n".encode() +
+                    chat_stream[0].encode() + b"\r\n",
+    "close_delimited": b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + chat_body,
+    "error_close": b"HTTP/1.1 429 Too Many Requests\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}",
+}
+
+
 def write(target, name, content):
     d = os.path.join(HERE, "corpus", target)
     os.makedirs(d, exist_ok=True)
@@ -199,6 +236,9 @@ def main():
 
     for name, body in requests.items():
         write("fuzz_request", name, body)
+
+    for name, msg in http_messages.items():
+        write("fuzz_http", name, msg)
 
     with open(os.path.join(ROOT, "config", "relaymeter.yaml"), "rb") as f:
         write("fuzz_config", "relaymeter.yaml", f.read())

@@ -2,7 +2,7 @@
 # Builds the libFuzzer targets of fuzz/ into build-fuzz/ (clang-14, ASan +
 # UBSan) and runs each for SECONDS (default 300), one after the other.
 # Usage: scripts/fuzz.sh [SECONDS] [TARGET...]   (targets: fuzz_sse fuzz_usage
-#        fuzz_request fuzz_config fuzz_encoded; default all)
+#        fuzz_request fuzz_config fuzz_encoded fuzz_http; default all)
 # Each target fuzzes build-fuzz/corpus/TARGET/: the committed seeds of
 # fuzz/corpus/TARGET/ plus what earlier runs found there (the committed corpus
 # is never written). Exits non-zero if any target crashes, hangs or breaks an
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 seconds="${1:-300}"
 shift || true
 targets=("$@")
-((${#targets[@]})) || targets=(fuzz_sse fuzz_usage fuzz_request fuzz_config fuzz_encoded)
+((${#targets[@]})) || targets=(fuzz_sse fuzz_usage fuzz_request fuzz_config fuzz_encoded fuzz_http)
 
 cmake -S . -B build-fuzz -DRELAYMETER_FUZZ=ON -DCMAKE_CXX_COMPILER=clang++-14 \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
@@ -24,6 +24,7 @@ dict_of() {
   case "$1" in
     fuzz_sse | fuzz_encoded) echo fuzz/sse.dict ;;
     fuzz_config) echo fuzz/yaml.dict ;;
+    fuzz_http) echo fuzz/http.dict ;;
     *) echo fuzz/json.dict ;;
   esac
 }

@@ -43,7 +43,7 @@ inline constexpr ByteClass kTarget = make_target();
 // A field value or a reason phrase: HTAB, visible ASCII, space, and obs-text.
 constexpr ByteClass make_value() {
     ByteClass b;
-    b.t['\t'] = true;
+    b.t[static_cast<unsigned char>('\t')] = true;
     for (int c = 0x20; c < 256; ++c) b.t[c] = c != 0x7f;
     return b;
 }

@@ -4,15 +4,13 @@
 #include <catch2/catch.hpp>
 
 #include <cstdint>
-#include <cstring>
-#include <memory>
 #include <random>
 #include <string>
-#include <vector>
 
 #include <boost/optional/optional_io.hpp>
 
 #include "fixtures.hpp"
+#include "http_agree.hpp"
 #include "relaymeter/proxy/request.hpp"
 
 using namespace relaymeter;
@@ -23,64 +21,13 @@ namespace {
 constexpr std::size_t kHeaderLimit = 64 * 1024;
 constexpr std::uint64_t kBodyLimit = 1 << 20;
 
-struct Beast {
-    bool ok = false;
-    std::size_t used = 0;
-    boost::optional<std::uint64_t> length;
-};
-
-// The request Beast's parser reads from `in`, as the server drives it.
-Beast beast_parse(std::string_view in, Request& req) {
-    proxy::RequestParser p(req);
-    p.header_limit(kHeaderLimit);
-    p.body_limit(kBodyLimit);
-    p.eager(true);
-    Beast b;
-    error_code ec;
-    while (b.used < in.size() && !p.is_done()) {
-        const auto n = p.put(asio::buffer(in.data() + b.used, in.size() - b.used), ec);
-        b.used += n;
-        if (ec || n == 0) break;
-    }
-    b.ok = !ec && p.is_done();
-    if (p.is_header_done()) b.length = p.content_length();
-    return b;
-}
-
-std::string dump(const Request& r) {
-    std::string s = std::string(r.method_string()) + "|" + std::to_string(static_cast<int>(r.method())) + "|" +
-                    std::string(r.target()) + "|" + std::to_string(r.version()) + "|" +
-                    (r.keep_alive() ? "ka" : "close") + "\n";
-    for (auto const& f : r) {
-        s += std::to_string(static_cast<int>(f.name())) + "|" + std::string(f.name_string()) + "|" +
-             std::string(f.value()) + "\n";
-    }
-    return s + "body:" + r.body();
-}
-
-// Checks the fast path on `in`: 0, or the same request as Beast's. Returns
-// whether the fast path took it.
+// Checks the fast path on `in`: declined, or the same request as Beast's.
+// Returns whether the fast path took it.
 bool agree(const std::string& in) {
-    Request fast, slow;
-    boost::optional<std::uint64_t> length;
-    // In an allocation of exactly its size, so that ASan (the CI's second
-    // build) sees any read past the end.
-    const auto exact = std::make_unique<char[]>(in.size());
-    std::memcpy(exact.get(), in.data(), in.size());
-    const std::size_t used =
-        proxy::parse_whole_request({exact.get(), in.size()}, kHeaderLimit, kBodyLimit, fast, length);
-    if (used == 0) {
-        CHECK(fast.field_count() == 0);
-        CHECK(fast.target().empty());
-        return false;
-    }
-    const Beast b = beast_parse(in, slow);
+    const auto a = testsupport::request_agreement(in, kHeaderLimit, kBodyLimit);
     INFO(in);
-    REQUIRE(b.ok);
-    CHECK(used == b.used);
-    CHECK(length == b.length);
-    CHECK(dump(fast) == dump(slow));
-    return true;
+    CHECK(a.problem == "");
+    return a.taken;
 }
 
 const std::string kSdkHead =
