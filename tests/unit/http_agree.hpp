@@ -117,7 +117,8 @@ inline Agreement request_agreement(std::string_view in, std::size_t header_limit
     proxy::Request fast, slow;
     boost::optional<std::uint64_t> length;
     const auto exact = exact_copy(in);
-    const std::size_t used = proxy::parse_whole_request({exact.get(), in.size()}, header_limit, body_limit, fast, length);
+    const std::size_t used =
+        proxy::parse_whole_request({exact.get(), in.size()}, header_limit, body_limit, fast, length);
     if (used == 0) {
         if (fast.field_count() != 0 || !fast.target().empty()) a.problem = "declined, but left a partial request\n";
         return a;
