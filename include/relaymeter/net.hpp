@@ -7,8 +7,11 @@
 // Boost 1.74's awaitable.hpp uses std::exchange without including <utility>.
 #include <utility>
 
+#include <cerrno>
 #include <chrono>
 #include <memory>
+
+#include <sys/socket.h>
 
 #include <boost/version.hpp>
 #include <boost/asio.hpp>
@@ -59,8 +62,8 @@ using steady_timer = asio::steady_timer::rebind_executor<executor>::other;
 // a response) first reads directly (read_now). Where the next read is the
 // wait for the next message, nothing is lost: a pooled upstream connection
 // closed that way fails on the next request's write or at the pool's check,
-// and a client that half-closes right after its request is closed at
-// server.idle_timeout_s rather than at once.
+// and a client that half-closes right after its request is found by the
+// deadline's probe (ReadDeadline::arm) within half a second.
 #if BOOST_VERSION == 107400 && defined(BOOST_ASIO_HAS_EPOLL)
 #define RELAYMETER_EXHAUSTING_READ 1
 #else
@@ -165,19 +168,35 @@ public:
     ReadDeadline& operator=(const ReadDeadline&) = delete;
 
     // Before a read on `sock` that must end by `at`.
-    void arm(tcp_socket& sock, time_point at) {
+    //
+    // With `probe_by`, the read is the wait for a client's next request, and
+    // by then (at the timer's next tick) the socket is peeked at once: a FIN
+    // that came with the bytes of the last short read raised no edge of its
+    // own (async_read_exhausting), so without the peek a client that sent its
+    // request and half-closed (`nc -N`, `printf ... | nc`) would wait for its
+    // close until `at`. The timer ticks at most once per `probe_by` interval
+    // while the connection is busy, so the peek costs one recv per connection
+    // per tick, not one per request.
+    void arm(tcp_socket& sock, time_point at, time_point probe_by = time_point::max()) {
         State& st = *st_;
         st.sock = &sock;
         st.at = at;
         st.fired = false;
-        if (!st.waiting || st.timer.expiry() > at) wait(st_);
+        st.probe = probe_by < at;
+        st.peer_closed = false;
+        const time_point next = std::min(at, probe_by);
+        if (!st.waiting || st.timer.expiry() > next) wait(st_, next);
     }
     // After the read: no deadline until the next arm().
     void disarm() { st_->at = time_point::max(); }
     // The read's error as the caller should see it: a cancellation by the
-    // deadline is Beast's timeout error, as with a tcp_stream.
+    // deadline is Beast's timeout error, as with a tcp_stream, and one by the
+    // probe is the end of stream it found.
     error_code result(const error_code& ec) const {
-        return ec == asio::error::operation_aborted && st_->fired ? error_code(beast::error::timeout) : ec;
+        if (ec != asio::error::operation_aborted) return ec;
+        if (st_->fired) return beast::error::timeout;
+        if (st_->peer_closed) return asio::error::eof;
+        return ec;
     }
     // The context's reactor, looked up once (use_service locks and searches).
     asio::detail::reactor& reactor() const { return *reactor_; }
@@ -190,23 +209,40 @@ private:
         time_point at = time_point::max();
         bool waiting = false;
         bool fired = false;
+        bool probe = false;       // peek at the socket at the next tick
+        bool peer_closed = false; // the peek found the end of stream (or an error)
     };
 
-    static void wait(const std::shared_ptr<State>& st) {
+    static void wait(const std::shared_ptr<State>& st, time_point when) {
         st->waiting = true;
-        st->timer.expires_at(st->at); // cancels a wait for a later time: its handler sees operation_aborted
+        st->timer.expires_at(when); // cancels a wait for a later time: its handler sees operation_aborted
         st->timer.async_wait([st](const error_code& ec) {
             if (ec == asio::error::operation_aborted) return; // superseded, or the owner went away
             st->waiting = false;
             if (!st->sock || st->at == time_point::max()) return;
+            error_code ignored;
             if (std::chrono::steady_clock::now() >= st->at) {
                 st->fired = true;
-                error_code ignored;
                 st->sock->cancel(ignored);
-            } else {
-                wait(st);
+                return;
             }
+            if (st->probe) {
+                st->probe = false;
+                if (peer_gone(*st->sock)) {
+                    st->peer_closed = true;
+                    st->sock->cancel(ignored);
+                    return;
+                }
+            }
+            wait(st, st->at);
         });
+    }
+    // Whether the peer's end of stream (or an error) waits in the socket.
+    // Peeked: a byte that is there stays for the read, whose edge is on its way.
+    static bool peer_gone(tcp_socket& sock) {
+        char c;
+        const ssize_t r = ::recv(sock.native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+        return r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
     }
 
     std::shared_ptr<State> st_;

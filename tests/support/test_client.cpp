@@ -380,6 +380,19 @@ void RawConnection::shutdown_send() {
     if (fd_ >= 0) ::shutdown(fd_, SHUT_WR);
 }
 
+void RawConnection::send_with_fin(const std::string& bytes) {
+    if (bytes.size() > 16 * 1024) throw std::runtime_error("RawConnection: send_with_fin: more than one segment");
+    int on = 1;
+    int off = 0;
+    // Corked, the bytes wait in the send queue, and the shutdown tacks the FIN
+    // onto them (tcp_send_fin) instead of sending a segment of its own.
+    if (::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &off, sizeof off) != 0 ||
+        ::setsockopt(fd_, IPPROTO_TCP, TCP_CORK, &on, sizeof on) != 0)
+        throw std::runtime_error("RawConnection: TCP_CORK: " + std::string(std::strerror(errno)));
+    send(bytes);
+    shutdown_send();
+}
+
 void RawConnection::close() {
     if (fd_ >= 0) ::close(fd_);
     fd_ = -1;

@@ -78,6 +78,9 @@ public:
     std::string read_until(const std::string& needle, std::chrono::milliseconds timeout);
     bool peer_closed(std::chrono::milliseconds timeout); // true if EOF/reset arrives within timeout
     void shutdown_send(); // half-close: the peer reads end-of-stream, this side can still read
+    // Sends `bytes` and the half-close in one TCP segment (corked), so that the
+    // peer's first read finds the end of stream already behind the bytes.
+    void send_with_fin(const std::string& bytes);
     void close();
 
 private:
