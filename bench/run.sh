@@ -44,6 +44,11 @@ while (($#)); do
   shift
 done
 case "$OUT" in /*) ;; *) OUT="$PWD/$OUT" ;; esac
+# Fail now, not after the run, if the table cannot be written where asked.
+OUT_DIR=$(dirname "$OUT")
+if ! mkdir -p -- "$OUT_DIR" 2>/dev/null || [[ ! -w "$OUT_DIR" ]]; then
+  echo "run.sh: cannot write --out $OUT (directory $OUT_DIR missing or not writable)" >&2; exit 2
+fi
 
 say() { echo "[run.sh] $*" >&2; }
 
