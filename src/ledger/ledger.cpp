@@ -107,8 +107,18 @@ struct Ledger::Impl {
     std::string pending;          // taken from the buffers, not yet written
     std::size_t pending_off = 0;  // bytes of pending already written
 
-    std::atomic<std::uint64_t> bytes_written{0}, flushes{0}, write_errors{0}, rotations{0}, waits{0};
-    std::atomic<std::uint64_t> pending_bytes{0}; // pending.size() - pending_off, for stats()
+    std::atomic<std::uint64_t> flushes{0}, write_errors{0}, rotations{0}, waits{0};
+
+    // What is written and what the writer still holds change together, under
+    // one lock, so that stats() never counts a byte in both or in neither.
+    mutable std::mutex count_mu;
+    std::uint64_t bytes_written = 0; // guarded by count_mu
+    std::uint64_t pending_bytes = 0; // guarded by count_mu: pending.size() - pending_off
+    void count_pending(std::uint64_t just_written = 0) {
+        const std::lock_guard cl(count_mu);
+        bytes_written += just_written;
+        pending_bytes = pending.size() - pending_off;
+    }
 
     RateLimit write_log{std::chrono::seconds(10)};
     RateLimit full_log{std::chrono::seconds(10)};
@@ -225,7 +235,7 @@ bool Ledger::Impl::take() {
         b->spare.clear();
         took = true;
     }
-    pending_bytes.store(pending.size() - pending_off, std::memory_order_relaxed);
+    count_pending();
     return took;
 }
 
@@ -288,6 +298,7 @@ bool Ledger::Impl::write_pending() {
     if (need_newline && pending_off == 0 && fd >= 0) {
         pending.insert(pending.begin(), '\n'); // the torn fragment stays a line of its own
         need_newline = false;
+        count_pending();
     }
     bool may_rotate = true;
     while (pending_off < pending.size()) {
@@ -304,6 +315,7 @@ bool Ledger::Impl::write_pending() {
             if (need_newline && pending_off < pending.size()) {
                 pending.insert(pending.begin() + static_cast<std::ptrdiff_t>(pending_off), '\n');
                 need_newline = false;
+                count_pending();
             }
         }
         const char* p = pending.data() + pending_off;
@@ -327,13 +339,12 @@ bool Ledger::Impl::write_pending() {
         }
         pending_off += static_cast<std::size_t>(w);
         size += static_cast<std::uint64_t>(w);
-        bytes_written.fetch_add(static_cast<std::uint64_t>(w), std::memory_order_relaxed);
-        pending_bytes.store(pending.size() - pending_off, std::memory_order_release);
+        count_pending(static_cast<std::uint64_t>(w));
         mid_line = pending[pending_off - 1] != '\n';
     }
     pending.clear();
     pending_off = 0;
-    pending_bytes.store(0, std::memory_order_release);
+    count_pending();
     if (opt.fsync && fd >= 0 && ::fdatasync(fd) != 0) log_write_error("cannot sync", errno);
     flushes.fetch_add(1, std::memory_order_relaxed);
     return true;
@@ -417,7 +428,10 @@ void Ledger::append(const metrics::Record& rec, const metrics::Pricing& pricing)
 bool Ledger::flush(std::chrono::milliseconds timeout) {
     Impl& d = *impl_;
     std::unique_lock lk(d.mu);
-    if (d.stop) return !d.lost && d.pending_bytes.load() == 0;
+    if (d.stop) {
+        const std::lock_guard cl(d.count_mu);
+        return !d.lost && d.pending_bytes == 0;
+    }
     const std::uint64_t gen = ++d.requested;
     d.wake = true;
     d.cv.notify_one();
@@ -460,10 +474,11 @@ Stats Ledger::stats() const {
     Impl& d = *impl_;
     Stats s;
     {
-        // take() moves buffers into pending under reg_mu: reading pending_bytes
-        // under it too means no record is missed between the two, and reading
-        // bytes_written after pending_bytes (which the writer lowers only after
-        // counting the write) keeps "nothing buffered" and "all written" in step.
+        // take() moves buffers into pending under reg_mu: reading the writer's
+        // counts under it too means no record is missed between the two, and
+        // count_mu keeps written and still held in step: in one snapshot,
+        // buffered_bytes + bytes_written is every byte of the `records` lines
+        // (plus a '\n' after a torn last line found at start).
         const std::lock_guard rl(d.reg_mu);
         for (const auto& b : d.buffers) {
             const std::lock_guard bl(b->mu);
@@ -471,9 +486,10 @@ Stats Ledger::stats() const {
             s.buffered_bytes += b->data.size();
             if (b->waiting) ++s.waiting_threads;
         }
-        s.buffered_bytes += d.pending_bytes.load(std::memory_order_acquire);
+        const std::lock_guard cl(d.count_mu);
+        s.buffered_bytes += d.pending_bytes;
+        s.bytes_written = d.bytes_written;
     }
-    s.bytes_written = d.bytes_written.load(std::memory_order_relaxed);
     s.flushes = d.flushes.load();
     s.write_errors = d.write_errors.load();
     s.rotations = d.rotations.load();

@@ -451,6 +451,42 @@ TEST_CASE("ledger: a full buffer wakes the writer and makes the recording thread
     CHECK(r.stats.bad_lines == 0);
 }
 
+TEST_CASE("ledger: stats() taken while the writer writes counts every byte once, in buffered or written",
+          "[ledger]") {
+    TempDir dir;
+    const std::string path = dir.file("ledger.jsonl");
+    auto o = options_for(path);
+    o.buffer_bytes = 8 << 10; // the writer writes ~4 KiB at a time, thousands of times
+    constexpr int kFrom = 100000, kRecords = 40000; // ids of one length: lines of one length
+    const std::uint64_t line = line_for(full_record("s" + std::to_string(kFrom)), {0.5, false}).size();
+    ledger::Ledger l(o);
+    std::atomic<bool> done{false};
+    std::uint64_t snapshots = 0, off = 0;
+    std::string first_off;
+    std::thread watcher([&] {
+        while (!done.load(std::memory_order_acquire)) {
+            const auto st = l.stats();
+            ++snapshots;
+            if (st.buffered_bytes + st.bytes_written != st.records * line) {
+                if (off++ == 0)
+                    first_off = std::to_string(st.buffered_bytes) + " buffered + " + std::to_string(st.bytes_written) +
+                                " written, " + std::to_string(st.records) + " records of " + std::to_string(line);
+            }
+        }
+    });
+    append_ids(l, "s", kFrom, kFrom + kRecords);
+    done.store(true, std::memory_order_release);
+    watcher.join();
+    REQUIRE(l.close());
+    INFO(off << " of " << snapshots << " snapshots wrong; the first: " << first_off);
+    CHECK(off == 0);
+    CHECK(snapshots > 1000);
+    const auto st = l.stats();
+    CHECK(st.buffered_bytes == 0);
+    CHECK(st.bytes_written == kRecords * line);
+    CHECK(std::filesystem::file_size(path) == kRecords * line);
+}
+
 TEST_CASE("ledger: failed writes are retried, nothing is lost and memory stays within the bound", "[ledger]") {
     // EFBIG past a file size limit stands in for a full disk.
     TempDir dir;
