@@ -148,6 +148,11 @@ inline bool read_now(tcp_socket& sock, asio::mutable_buffer b, std::size_t& n, e
     return true;
 }
 
+// How soon a read armed with a probe (ReadDeadline::arm) finds a peer that
+// had half-closed: the deadline's timer ticks at most this often per busy
+// connection.
+inline constexpr auto kPeerClosedProbe = std::chrono::milliseconds(500);
+
 // The deadline of a connection's async_read_exhausting reads (Beast's
 // tcp_stream timeouts cover only the reads made through the tcp_stream).
 // Moving the deadline costs no timer operation: the timer is re-armed only
@@ -169,12 +174,14 @@ public:
 
     // Before a read on `sock` that must end by `at`.
     //
-    // With `probe_by`, the read is the wait for a client's next request, and
-    // by then (at the timer's next tick) the socket is peeked at once: a FIN
-    // that came with the bytes of the last short read raised no edge of its
-    // own (async_read_exhausting), so without the peek a client that sent its
-    // request and half-closed (`nc -N`, `printf ... | nc`) would wait for its
-    // close until `at`. The timer ticks at most once per `probe_by` interval
+    // With `probe_by`, by then (at the timer's next tick) the socket is peeked
+    // at once: a FIN that came with the bytes of the last short read raised
+    // no edge of its own (async_read_exhausting). Without the peek, a client
+    // that sent its request and half-closed (`nc -N`, `printf ... | nc`)
+    // would wait for its close until `at`, and so would the request written
+    // into a pooled upstream connection whose server had half-closed it
+    // after its last answer (and reads and drops what comes, as nginx's
+    // lingering close). The timer ticks at most once per `probe_by` interval
     // while the connection is busy, so the peek costs one recv per connection
     // per tick, not one per request.
     void arm(tcp_socket& sock, time_point at, time_point probe_by = time_point::max()) {

@@ -159,6 +159,14 @@ bool is_completions_path(std::string_view target) {
     return path == "/v1/chat/completions" || path == "/v1/completions";
 }
 
+// What a write to, or a read from, a pooled connection the upstream has
+// closed ends with: its FIN (end of stream before any byte of a response),
+// or the reset its kernel sends back to the request, or EPIPE after it.
+bool upstream_closed(const error_code& ec) {
+    return ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset ||
+           ec == asio::error::broken_pipe || ec == ssl::error::stream_truncated;
+}
+
 double since(clock::time_point t) { return std::chrono::duration<double>(clock::now() - t).count(); }
 
 // Logs a model without a price entry once per process (a per-thread cache
@@ -390,6 +398,10 @@ private:
     std::optional<usage::StreamMeter>& stream_ = scratch_->stream;
     std::optional<usage::EncodedBodyMeter>& coded_ = scratch_->coded;
     upstream::Connection* conn_ = nullptr;
+    // The connection came from the pool and this is the first try: if the
+    // upstream turns out to have closed it, relay() sets stale_ and returns.
+    bool may_retry_ = false;
+    bool stale_ = false;
 };
 
 void UpstreamParser::on_response_impl(int code, beast::string_view reason, int, error_code&) {
@@ -584,27 +596,38 @@ awaitable<bool> Exchange::run() {
     lease.conn = ctx_.pool.take_idle();
     lease.reused = true;
     if (!lease.conn) lease = co_await ctx_.pool.acquire(deadline);
-    if (!lease.conn) {
-        using E = upstream::ConnectError;
-        if (lease.error == E::timeout || lease.error == E::pool_timeout) {
-            co_await fail(http::status::gateway_timeout, "upstream_timeout", lease.detail);
-        } else if (lease.error == E::tls) {
-            co_await fail(http::status::bad_gateway, "upstream_tls_error", lease.detail);
-        } else if (lease.error == E::stopped) {
-            co_await fail(http::status::service_unavailable, "shutting_down", lease.detail);
-        } else {
-            co_await fail(http::status::bad_gateway, "upstream_unreachable", lease.detail);
+    may_retry_ = lease.reused;
+    for (;;) {
+        if (!lease.conn) {
+            using E = upstream::ConnectError;
+            if (lease.error == E::timeout || lease.error == E::pool_timeout) {
+                co_await fail(http::status::gateway_timeout, "upstream_timeout", lease.detail);
+            } else if (lease.error == E::tls) {
+                co_await fail(http::status::bad_gateway, "upstream_tls_error", lease.detail);
+            } else if (lease.error == E::stopped) {
+                co_await fail(http::status::service_unavailable, "shutting_down", lease.detail);
+            } else {
+                co_await fail(http::status::bad_gateway, "upstream_unreachable", lease.detail);
+            }
+            break;
         }
-        meter_.finish();
-        co_return client_keep_alive_;
+        conn_ = lease.conn.get();
+        if (auto* plain = std::get_if<tcp_stream>(&lease.conn->stream()))
+            co_await relay(*plain);
+        else
+            co_await relay(std::get<upstream::tls_stream>(lease.conn->stream()));
+        if (!stale_) {
+            ctx_.pool.release(std::move(lease.conn), reusable_);
+            break;
+        }
+        // The pooled connection had been closed by the upstream (it answered
+        // nothing): once, on a connection that is new or checked alive.
+        stale_ = false;
+        may_retry_ = false;
+        ctx_.pool.release(std::move(lease.conn), false);
+        spdlog::debug("rid={} the upstream had closed the pooled connection; sent again on another", meter_.rid);
+        lease = co_await ctx_.pool.acquire(deadline, false);
     }
-
-    conn_ = lease.conn.get();
-    if (auto* plain = std::get_if<tcp_stream>(&lease.conn->stream()))
-        co_await relay(*plain);
-    else
-        co_await relay(std::get<upstream::tls_stream>(lease.conn->stream()));
-    ctx_.pool.release(std::move(lease.conn), reusable_);
     meter_.finish();
     co_return client_keep_alive_;
 }
@@ -629,7 +652,13 @@ awaitable<void> Exchange::relay(Stream& up) {
         }
     }
     if (ec) {
-        // Some bytes may have reached the upstream: never retried.
+        // A pooled connection the upstream had closed takes no request
+        // (EPIPE, or its reset): sent again. Otherwise some bytes may have
+        // reached the upstream: never retried.
+        if (may_retry_ && upstream_closed(ec)) {
+            stale_ = true;
+            co_return;
+        }
         if (ec == beast::error::timeout)
             co_await fail(http::status::gateway_timeout, "upstream_timeout", "upstream did not accept the request in time");
         else
@@ -658,6 +687,7 @@ awaitable<void> Exchange::relay(Stream& up) {
     fresh_parser();
     int interim_seen = 0;
     bool read_any = false; // of this response (plain upstreams)
+    bool got_bytes = false; // of this response
 
     auto& ubuf = conn_->buffer();
     const auto stream_deadline = cfg_.streaming.total_timeout_s > 0
@@ -762,7 +792,12 @@ awaitable<void> Exchange::relay(Stream& up) {
             auto& sock = up_tcp.socket();
             if (!read_any || !read_now(sock, space, n, up_ec)) {
                 auto& dl = conn_->read_deadline();
-                dl.arm(sock, read_by);
+                // A pooled connection's server may have half-closed it after
+                // its last answer: the probe finds that FIN (no edge of its own).
+                if (may_retry_ && !got_bytes)
+                    dl.arm(sock, read_by, clock::now() + kPeerClosedProbe);
+                else
+                    dl.arm(sock, read_by);
                 n = co_await async_read_exhausting(sock, dl, space, asio::redirect_error(use_awaitable, up_ec));
                 dl.disarm();
                 up_ec = dl.result(up_ec);
@@ -773,6 +808,7 @@ awaitable<void> Exchange::relay(Stream& up) {
             n = co_await up.async_read_some(space, asio::redirect_error(use_awaitable, up_ec));
         }
         ubuf.commit(n);
+        got_bytes = got_bytes || n > 0;
         if (up_ec == asio::error::eof || (!plain && up_ec == ssl::error::stream_truncated)) {
             // The end of a close-delimited body, or a cut-off response.
             if (head_ready_ && !length_left && parser->need_eof()) {
@@ -803,6 +839,12 @@ awaitable<void> Exchange::relay(Stream& up) {
         co_return;
     }
     if (up_ec) {
+        if (may_retry_ && !got_bytes && upstream_closed(up_ec)) {
+            // A pooled connection closed by the upstream before it read the
+            // request (it answered nothing): run() sends it again.
+            stale_ = true;
+            co_return;
+        }
         if (bad_head || !head_sent_) {
             // Nothing reached the client yet: it gets a proper error.
             // (The message is built before co_await: GCC 12 destroys

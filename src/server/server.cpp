@@ -226,10 +226,6 @@ awaitable<void> Worker::accept_loop() {
     }
 }
 
-// How soon a client that half-closed right after a keep-alive request is
-// closed; the deadline's timer ticks at most this often per busy connection.
-constexpr auto kHalfCloseProbe = std::chrono::milliseconds(500);
-
 awaitable<void> Worker::session(tcp_socket sock) {
     error_code ec;
     sock.set_option(tcp::no_delay(true), ec);
@@ -248,10 +244,10 @@ awaitable<void> Worker::session(tcp_socket sock) {
             // Idle keep-alive: wait for the first byte of the next request.
             s.idle = true;
             // The probe finds a client that half-closed with its last request
-            // (ReadDeadline::arm): it is closed within kHalfCloseProbe, not at
+            // (ReadDeadline::arm): it is closed within kPeerClosedProbe, not at
             // the idle timeout.
             const auto now = std::chrono::steady_clock::now();
-            s.deadline.arm(s.stream.socket(), now + seconds(cfg.idle_timeout_s), now + kHalfCloseProbe);
+            s.deadline.arm(s.stream.socket(), now + seconds(cfg.idle_timeout_s), now + kPeerClosedProbe);
             const std::size_t n = co_await async_read_exhausting(s.stream.socket(), s.deadline, buf.prepare(4096),
                                                                  asio::redirect_error(use_awaitable, ec));
             s.deadline.disarm();

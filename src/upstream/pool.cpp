@@ -127,7 +127,7 @@ bool Pool::sweep() {
     return backlog;
 }
 
-std::unique_ptr<Connection> Pool::take_idle() {
+std::unique_ptr<Connection> Pool::take_idle(bool trust_recent) {
     if (closed_) return nullptr;
     const auto now = clock::now();
     while (!idle_.empty()) {
@@ -136,7 +136,7 @@ std::unique_ptr<Connection> Pool::take_idle() {
         // A connection used moments ago is taken as it is (saves a syscall
         // per request under load); one idle for longer is checked first.
         const auto idle = now - conn->idle_since;
-        if (idle < kMaxIdle && (idle < kTrustIdle || conn->looks_alive())) return conn;
+        if (idle < kMaxIdle && ((trust_recent && idle < kTrustIdle) || conn->looks_alive())) return conn;
         error_code ec;
         conn->tcp().socket().close(ec);
         --open_;
@@ -144,10 +144,10 @@ std::unique_ptr<Connection> Pool::take_idle() {
     return nullptr;
 }
 
-awaitable<Lease> Pool::acquire(clock::time_point deadline) {
+awaitable<Lease> Pool::acquire(clock::time_point deadline, bool trust_recent) {
     for (;;) {
         if (closed_) co_return Lease{nullptr, false, ConnectError::stopped, "shutting down"};
-        if (auto conn = take_idle()) co_return Lease{std::move(conn), true, ConnectError::none, {}};
+        if (auto conn = take_idle(trust_recent)) co_return Lease{std::move(conn), true, ConnectError::none, {}};
         if (open_ < limit_) {
             ++open_;
             Lease lease = co_await connect(deadline);

@@ -1,6 +1,7 @@
 // The real relaymeter binary against the fake upstream, over HTTP and HTTPS.
 #include <catch2/catch.hpp>
 
+#include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -457,6 +458,58 @@ TEST_CASE("proxy: keep-alive clients reuse pooled upstream connections", "[integ
     for (int i = 0; i < 50; ++i) REQUIRE(c.post_json("/v1/chat/completions", chat("gpt-4.1")).status == 200);
     CHECK(up.request_count() == 50);
     CHECK(up.connections_accepted() <= 2);
+}
+
+TEST_CASE("proxy: a pooled connection the upstream closed after its answer costs no 502, the request is sent again",
+          "[integration]") {
+    // An upstream that closes (FIN) or resets a keep-alive connection right
+    // after its answer, without Connection: close (a keep-alive timeout or a
+    // request limit it does not announce). The next request, back to back,
+    // takes that connection from the pool unchecked; it must not become a
+    // 502: the upstream never saw it, so it is sent again on a new one.
+    const std::string body = R"({"id":"c","object":"chat.completion","choices":[],"usage":{"prompt_tokens":11,)"
+                             R"("completion_tokens":13,"total_tokens":24}})";
+    constexpr int kRequests = 20;
+    for (const bool reset : {false, true}) {
+        DYNAMIC_SECTION((reset ? "reset" : "closed") << " after each answer") {
+            fake::FakeUpstream up({}, [&](const fake::Request&) {
+                auto r = fake::Response::json(200, body);
+                return reset ? r.reset() : r.close();
+            });
+            Daemon d(daemon_yaml(up.base_url()));
+            HttpClient c(d.port());
+            int ok = 0;
+            for (int i = 0; i < kRequests; ++i) {
+                const auto r = c.post_json("/v1/chat/completions", chat("gpt-4.1"));
+                INFO("request " << i << ": " << r.status << " " << r.body);
+                CHECK(r.status == 200);
+                CHECK(r.body == body);
+                ok += r.status == 200;
+            }
+            CHECK(ok == kRequests);
+            const auto s = wait_total(d.port(), kRequests);
+            const auto row = model_entry(s, "gpt-4.1");
+            CHECK(row["status_codes"]["200"] == kRequests);
+            CHECK(row["input_tokens"] == 11 * kRequests);
+            CHECK(row["output_tokens"] == 13 * kRequests);
+            CHECK(up.request_count() == kRequests); // each reached the upstream once
+            CHECK(up.connections_accepted() >= kRequests);
+        }
+    }
+    SECTION("an answer that began is not sent again") {
+        std::atomic<int> n{0};
+        fake::FakeUpstream up({}, [&](const fake::Request&) {
+            if (n.fetch_add(1) == 0) return fake::Response::json(200, body);
+            return fake::Response().write("HTTP/1.1 200 OK\r\nContent-Le").close();
+        });
+        Daemon d(daemon_yaml(up.base_url()));
+        HttpClient c(d.port());
+        CHECK(c.post_json("/v1/chat/completions", chat("gpt-4.1")).status == 200);
+        CHECK(c.post_json("/v1/chat/completions", chat("gpt-4.1")).status == 502);
+        const auto s = wait_total(d.port(), 2);
+        CHECK(model_entry(s, "gpt-4.1")["status_codes"]["502"] == 1);
+        CHECK(up.request_count() == 2);
+    }
 }
 
 namespace {

@@ -68,11 +68,13 @@ public:
 
     // An idle live connection, or a new one (resolve, connect, TLS handshake
     // with SNI and host-name verification). Waits for a free slot when at the
-    // limit, until `deadline`.
-    awaitable<Lease> acquire(clock::time_point deadline);
+    // limit, until `deadline`. `trust_recent`: see take_idle().
+    awaitable<Lease> acquire(clock::time_point deadline, bool trust_recent = true);
     // An idle live connection when there is one, without suspending (the
     // common case under load: no coroutine frame); else null and acquire().
-    std::unique_ptr<Connection> take_idle();
+    // One used moments ago is taken unchecked unless !trust_recent; others
+    // are checked (MSG_PEEK) for a close from the upstream first.
+    std::unique_ptr<Connection> take_idle(bool trust_recent = true);
     // Give a connection back. reusable = the exchange ended cleanly with a
     // keep-alive response and nothing left unread; otherwise it is closed.
     void release(std::unique_ptr<Connection> conn, bool reusable);
