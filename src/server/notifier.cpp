@@ -139,7 +139,8 @@ awaitable<int> Notifier::Impl::post_once(const Target& t, const std::string& bod
     if (!t.cfg.tls) {
         co_await http::async_write(stream, req, asio::redirect_error(use_awaitable, ec));
         if (!ec) co_await http::async_read(stream, buf, parser, asio::redirect_error(use_awaitable, ec));
-        stream.socket().shutdown(tcp::socket::shutdown_both, ec);
+        error_code ignored; // (not `ec`: it holds why the exchange failed, a timeout say)
+        stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
     } else {
         // Made on first use (on this thread): initialising OpenSSL costs
         // about 4 MiB of resident memory that a daemon without https

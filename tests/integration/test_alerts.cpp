@@ -58,6 +58,8 @@ TEST_CASE("alerts: error-rate and latency alerts reach /alerts, /summary, /metri
     auto certs = TestCerts::make();
     fake::FakeUpstream untrusted({.cert_file = certs->self_signed_cert, .key_file = certs->self_signed_key},
                                  [](const fake::Request&) { return fake::Response::json(200, "{}"); });
+    // A receiver that reads the notification and never answers: timed out.
+    fake::FakeUpstream silent({}, [](const fake::Request&) { return fake::Response().hang(); });
     Daemon d(daemon_yaml(relay.base_url(), {},
                          "metrics:\n  labels: { monitor: holysheep }\n"
                          "alerts:\n"
@@ -73,7 +75,8 @@ TEST_CASE("alerts: error-rate and latency alerts reach /alerts, /summary, /metri
                          "  webhooks:\n"
                          "    - { url: \"" + hook + "/hooks/relaymeter\", format: json, timeout_s: 2 }\n"
                          "    - { url: \"" + hook + "/am\", format: alertmanager, timeout_s: 2 }\n"
-                         "    - { url: \"https://localhost:" + std::to_string(untrusted.port()) + "/x\", format: json, timeout_s: 2 }\n"));
+                         "    - { url: \"https://localhost:" + std::to_string(untrusted.port()) + "/x\", format: json, timeout_s: 2 }\n"
+                         "    - { url: \"http://127.0.0.1:" + std::to_string(silent.port()) + "/s\", format: json, timeout_s: 0.2 }\n"));
     HttpClient c(d.port());
     for (int i = 0; i < 10; ++i) c.post_json("/v1/chat/completions", chat("gpt-4.1"));
     for (int i = 0; i < 5; ++i) REQUIRE(c.post_json("/v1/chat/completions", chat("deepseek-v3.2")).status == 200);
@@ -150,6 +153,10 @@ TEST_CASE("alerts: error-rate and latency alerts reach /alerts, /summary, /metri
     // The https webhook: the handshake ran and verification refused the certificate.
     CHECK(d.wait_log("certificate verify failed", std::chrono::seconds(15)));
     CHECK(untrusted.request_count() == 0);
+    // The silent one: the log says why each attempt failed.
+    CHECK(d.wait_log("attempt 1 failed (timed out)", std::chrono::seconds(15)));
+    CHECK(d.log().find("Bad file descriptor") == std::string::npos);
+    CHECK(silent.request_count() >= 1);
 }
 
 TEST_CASE("alerts: /summary?window=SECONDS and bad windows", "[integration][alerts]") {
