@@ -21,6 +21,7 @@
 #include <functional>
 #include <limits>
 #include <set>
+#include <iomanip>
 #include <sstream>
 #include <string_view>
 #include <system_error>
@@ -212,6 +213,11 @@ public:
     Loader(std::string file, EnvLookup env) : file_(std::move(file)), env_(env) {}
 
     Config load(const std::string& text);
+    // The documented defaults (config/relaymeter.yaml, CONTRACT.md) of the
+    // keys a file may leave out whose default is not a constant: the
+    // upstream from RELAYMETER_UPSTREAM / RELAYMETER_UPSTREAM_KEY, and the
+    // contract's four prices.
+    void documented_defaults(Config& cfg, const YAML::Node& root);
 
 private:
     using Handler = std::function<void(const Item&)>;
@@ -238,6 +244,10 @@ private:
     void read_uint(const Item& it, T& dest, std::uint64_t min, std::uint64_t max);
     void read_double(const Item& it, double& dest, Bound bound,
                      std::optional<double> max = std::nullopt);
+    // A duration in seconds: at most kMaxSeconds, so that a deadline "now +
+    // this" never overflows the clock (1e10 s did, and every read timed out
+    // at once).
+    void read_seconds(const Item& it, double& dest, Bound bound);
 
     void read_server(const Item& it, ServerConfig& s);
     void read_upstream(const Item& it, UpstreamConfig& u);
@@ -413,6 +423,11 @@ void Loader::read_uint(const Item& it, T& dest, std::uint64_t min, std::uint64_t
     dest = static_cast<T>(value);
 }
 
+void Loader::read_seconds(const Item& it, double& dest, Bound bound) {
+    constexpr double kMaxSeconds = 365.0 * 24 * 3600;
+    read_double(it, dest, bound, kMaxSeconds);
+}
+
 void Loader::read_double(const Item& it, double& dest, Bound bound, std::optional<double> max) {
     const auto text = scalar_for(it, "a number");
     if (!text) return;
@@ -446,7 +461,7 @@ void Loader::read_double(const Item& it, double& dest, Bound bound, std::optiona
     }
     if (max && value > *max) {
         std::ostringstream os;
-        os << "must be at most " << *max;
+        os << "must be at most " << std::setprecision(15) << *max;
         error(it, os.str());
         return;
     }
@@ -484,9 +499,9 @@ void Loader::read_server(const Item& it, ServerConfig& s) {
              // fields, each up to this limit in Beast's parser) at 32-bit offsets.
              read_uint(f, s.max_header_bytes, 1, std::uint64_t{1} << 30);
          }},
-        {"header_timeout_s", [&](const Item& f) { read_double(f, s.header_timeout_s, Bound::positive); }},
-        {"idle_timeout_s", [&](const Item& f) { read_double(f, s.idle_timeout_s, Bound::positive); }},
-        {"drain_timeout_s", [&](const Item& f) { read_double(f, s.drain_timeout_s, Bound::positive); }},
+        {"header_timeout_s", [&](const Item& f) { read_seconds(f, s.header_timeout_s, Bound::positive); }},
+        {"idle_timeout_s", [&](const Item& f) { read_seconds(f, s.idle_timeout_s, Bound::positive); }},
+        {"drain_timeout_s", [&](const Item& f) { read_seconds(f, s.drain_timeout_s, Bound::positive); }},
         {"protected_mode", [&](const Item& f) { read_bool(f, s.protected_mode); }},
     });
 }
@@ -510,8 +525,8 @@ void Loader::read_upstream(const Item& it, UpstreamConfig& u) {
              u.base_path = parsed.base_path;
          }},
         {"api_key", [&](const Item& f) { read_string(f, u.api_key); }},
-        {"connect_timeout_s", [&](const Item& f) { read_double(f, u.connect_timeout_s, Bound::positive); }},
-        {"request_timeout_s", [&](const Item& f) { read_double(f, u.request_timeout_s, Bound::positive); }},
+        {"connect_timeout_s", [&](const Item& f) { read_seconds(f, u.connect_timeout_s, Bound::positive); }},
+        {"request_timeout_s", [&](const Item& f) { read_seconds(f, u.request_timeout_s, Bound::positive); }},
         {"max_connections",
          [&](const Item& f) {
              read_uint(f, u.max_connections, 1, std::numeric_limits<unsigned>::max());
@@ -613,9 +628,9 @@ void Loader::read_metrics(const Item& it, MetricsConfig& m) {
 void Loader::read_streaming(const Item& it, StreamingConfig& s) {
     walk(it, {
         {"inject_include_usage", [&](const Item& f) { read_bool(f, s.inject_include_usage); }},
-        {"idle_timeout_s", [&](const Item& f) { read_double(f, s.idle_timeout_s, Bound::positive); }},
+        {"idle_timeout_s", [&](const Item& f) { read_seconds(f, s.idle_timeout_s, Bound::positive); }},
         {"total_timeout_s",
-         [&](const Item& f) { read_double(f, s.total_timeout_s, Bound::non_negative); }},
+         [&](const Item& f) { read_seconds(f, s.total_timeout_s, Bound::non_negative); }},
     });
 }
 
@@ -640,8 +655,8 @@ void Loader::read_alerts(const Item& it, AlertsConfig& a) {
          }},
         {"min_requests",
          [&](const Item& f) { read_uint(f, a.min_requests, 0, std::numeric_limits<unsigned>::max()); }},
-        {"interval_s", [&](const Item& f) { read_double(f, a.interval_s, Bound::positive); }},
-        {"for_s", [&](const Item& f) { read_double(f, a.for_s, Bound::non_negative); }},
+        {"interval_s", [&](const Item& f) { read_seconds(f, a.interval_s, Bound::positive); }},
+        {"for_s", [&](const Item& f) { read_seconds(f, a.for_s, Bound::non_negative); }},
         {"models",
          [&](const Item& f) {
              a.models.clear();
@@ -719,7 +734,7 @@ void Loader::read_alerts(const Item& it, AlertsConfig& a) {
                               error(g, "unknown format " + shown(text) + "; accepted: json, alertmanager");
                           }
                       }},
-                     {"timeout_s", [&](const Item& g) { read_double(g, w.timeout_s, Bound::positive); }},
+                     {"timeout_s", [&](const Item& g) { read_seconds(g, w.timeout_s, Bound::positive); }},
                  });
                  if (!has_url) error(e.line, e.path + ".url", "required (http://HOST[:PORT][/PATH] or https://...)");
                  if (errors_.size() == before) a.webhooks.push_back(std::move(w));
@@ -933,6 +948,7 @@ Config Loader::load(const std::string& text) {
         error(docs[1].Mark().line, "", "expected one YAML document, found " + std::to_string(docs.size()));
     }
     if (docs.empty() || docs[0].IsNull()) {
+        documented_defaults(cfg, YAML::Node());
         if (!errors_.empty()) throw ConfigError(errors_);
         return cfg; // empty file or only comments: all defaults
     }
@@ -954,8 +970,47 @@ Config Loader::load(const std::string& text) {
         {"admin", [&](const Item& f) { read_admin(f, cfg.admin); }},
         {"ledger", [&](const Item& f) { read_ledger(f, cfg.ledger); }},
     });
+    if (errors_.empty()) documented_defaults(cfg, root);
     if (!errors_.empty()) throw ConfigError(errors_);
     return cfg;
+}
+
+void Loader::documented_defaults(Config& cfg, const YAML::Node& root) {
+    const auto has = [&](const char* section, const char* key) {
+        if (!root.IsMap() || !root[section]) return false;
+        const YAML::Node sec = root[section];
+        return key == nullptr || (sec.IsMap() && static_cast<bool>(std::as_const(sec)[key]));
+    };
+    const auto from_env = [&](const std::string& key, const std::string& text) -> std::optional<std::string> {
+        try {
+            return expand_env(text, env_);
+        } catch (const std::invalid_argument& e) {
+            error(-1, key, std::string(e.what()) + " (the default " + text + ")");
+            return std::nullopt;
+        }
+    };
+    if (!has("upstream", "base_url")) {
+        const std::string text = "${RELAYMETER_UPSTREAM:-https://api.openai.com/v1}";
+        if (const auto url = from_env("upstream.base_url", text)) {
+            UpstreamConfig parsed = cfg.upstream;
+            const std::string err = parse_upstream_url(*url, parsed);
+            if (!err.empty()) {
+                error(-1, "upstream.base_url", err + " (from RELAYMETER_UPSTREAM, the default " + text + ")");
+            } else {
+                parsed.base_url = *url;
+                cfg.upstream = std::move(parsed);
+            }
+        }
+    }
+    if (!has("upstream", "api_key")) {
+        if (const auto key = from_env("upstream.api_key", "${RELAYMETER_UPSTREAM_KEY:-}")) cfg.upstream.api_key = *key;
+    }
+    if (!has("pricing", nullptr)) {
+        cfg.pricing = {{"gpt-4.1", {8.00, 32.00, std::nullopt}},
+                       {"claude-sonnet-4.5", {15.00, 75.00, std::nullopt}},
+                       {"gemini-2.5-flash", {2.50, 10.00, std::nullopt}},
+                       {"deepseek-v3.2", {0.42, 1.68, std::nullopt}}};
+    }
 }
 
 } // namespace

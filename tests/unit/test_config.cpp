@@ -191,10 +191,42 @@ TEST_CASE("config: empty file and comment-only file give all defaults", "[config
         CHECK(c.server.listen == d.server.listen);
         CHECK(c.server.listen_port == 8080);
         CHECK(c.upstream.host == "api.openai.com");
-        CHECK(c.pricing.empty());
+        CHECK(c.upstream.base_url == "https://api.openai.com/v1");
+        CHECK(c.upstream.api_key.empty());
+        REQUIRE(c.pricing.size() == 4);
+        CHECK(c.pricing.at("gpt-4.1").input == 8.00);
+        CHECK(c.pricing.at("gpt-4.1").output == 32.00);
+        CHECK(c.pricing.at("claude-sonnet-4.5").output == 75.00);
+        CHECK(c.pricing.at("gemini-2.5-flash").input == 2.50);
+        CHECK(c.pricing.at("deepseek-v3.2").output == 1.68);
         CHECK(c.log.level == "info");
         CHECK_FALSE(c.auth.enabled);
         CHECK_FALSE(c.ledger.enabled);
+    }
+}
+
+TEST_CASE("config: without upstream keys or pricing, the documented defaults apply", "[config]") {
+    SECTION("RELAYMETER_UPSTREAM and RELAYMETER_UPSTREAM_KEY give the upstream") {
+        FakeEnv env({{"RELAYMETER_UPSTREAM", "http://127.0.0.1:9001/relay"}, {"RELAYMETER_UPSTREAM_KEY", "sk-env"}});
+        const Config c = load("server:\n  listen: 127.0.0.1:0\n");
+        CHECK(c.upstream.base_url == "http://127.0.0.1:9001/relay");
+        CHECK(c.upstream.host == "127.0.0.1");
+        CHECK(c.upstream.port == 9001);
+        CHECK_FALSE(c.upstream.tls);
+        CHECK(c.upstream.api_key == "sk-env");
+        CHECK(c.pricing.size() == 4);
+    }
+    SECTION("keys the file sets win over the environment") {
+        FakeEnv env({{"RELAYMETER_UPSTREAM", "http://127.0.0.1:9001"}, {"RELAYMETER_UPSTREAM_KEY", "sk-env"}});
+        const Config c = load("upstream:\n  base_url: http://127.0.0.1:9002\n  api_key: sk-file\npricing: {}\n");
+        CHECK(c.upstream.port == 9002);
+        CHECK(c.upstream.api_key == "sk-file");
+        CHECK(c.pricing.empty());
+    }
+    SECTION("a bad RELAYMETER_UPSTREAM is a clear error") {
+        FakeEnv env(std::map<std::string, std::string>{{"RELAYMETER_UPSTREAM", "ftp://example"}});
+        const std::string e = errors_of("server: {}\n");
+        CHECK_THAT(e, Catch::Contains("upstream.base_url") && Catch::Contains("RELAYMETER_UPSTREAM"));
     }
 }
 
@@ -356,6 +388,19 @@ TEST_CASE("config: out-of-range numbers are errors", "[config]") {
     CHECK_THAT(errors_of("streaming:\n  total_timeout_s: -1\n"),
                Contains("test.yaml:2: streaming.total_timeout_s: must not be negative"));
     CHECK(errors_of("streaming:\n  total_timeout_s: 0\nserver:\n  threads: 0\n").empty());
+    // Durations: at most a year (1e10 s overflowed the clock: every deadline
+    // had passed already, and each request timed out at once).
+    for (const std::string key : {"server:\n  header_timeout_s", "server:\n  idle_timeout_s",
+                                  "server:\n  drain_timeout_s", "upstream:\n  connect_timeout_s",
+                                  "upstream:\n  request_timeout_s", "streaming:\n  idle_timeout_s",
+                                  "streaming:\n  total_timeout_s", "alerts:\n  interval_s", "alerts:\n  for_s"}) {
+        INFO(key);
+        const std::string dotted = key.substr(0, key.find(':')) + "." + key.substr(key.find("\n  ") + 3);
+        CHECK_THAT(errors_of(key + ": 1e10\n"), Contains("test.yaml:2: " + dotted + ": must be at most 31536000"));
+        CHECK(errors_of(key + ": 31536000\n").empty());
+    }
+    CHECK_THAT(errors_of("alerts:\n  webhooks:\n    - { url: \"http://h/x\", timeout_s: 1e10 }\n"),
+               Contains("timeout_s: must be at most 31536000"));
 }
 
 TEST_CASE("config: pricing is validated", "[config]") {
