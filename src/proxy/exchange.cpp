@@ -867,16 +867,12 @@ awaitable<void> Exchange::relay(Stream& up) {
             co_return;
         }
         meter_.note = up_ec == beast::error::timeout ? "upstream_timeout_mid_response" : "upstream_failed_mid_response";
-        // The client already has its status line: end its response and close.
+        // The client already has its status line: the connection is closed
+        // without the last chunk (or short of Content-Length), so that the
+        // client sees a cut-off response, never a complete-looking one.
         meter_.status = 502;
         spdlog::warn("rid={} upstream failed after the response began: {}", meter_.rid, up_ec.message());
         client_keep_alive_ = false;
-        if (chunked_out_) {
-            sc.pieces.clear();
-            sc.out.clear();
-            const Sent sent = send_now(true);
-            if (sent == Sent::pending) co_await flush();
-        }
         co_return;
     }
     reusable_ = upstream_keep_alive_ && done();
