@@ -169,4 +169,29 @@ std::size_t parse_whole_request(std::string_view in, std::size_t header_limit, s
     return total;
 }
 
+bool has_dot_segment(std::string_view target) {
+    const std::string_view path = target.substr(0, target.find('?'));
+    std::size_t start = 0;
+    while (start <= path.size()) {
+        const std::size_t end = std::min(path.find('/', start), path.size());
+        // The segment with each "%2e" read as '.': "." or ".." is 1 or 2 dots.
+        std::size_t dots = 0;
+        bool only_dots = true;
+        for (std::size_t i = start; i < end && only_dots;) {
+            if (path[i] == '.') {
+                ++i;
+            } else if (path[i] == '%' && end - i >= 3 && path[i + 1] == '2' && (path[i + 2] | 0x20) == 'e') {
+                i += 3;
+            } else {
+                only_dots = false;
+                break;
+            }
+            ++dots;
+        }
+        if (only_dots && (dots == 1 || dots == 2)) return true;
+        start = end + 1;
+    }
+    return false;
+}
+
 } // namespace relaymeter::proxy

@@ -379,6 +379,10 @@ std::optional<Refusal> Worker::check_head(const proxy::Request& req,
         return Refusal{http::status::not_implemented, "unsupported_transfer_encoding",
                        "only the chunked transfer coding is supported"};
     }
+    if (proxy::has_dot_segment(req.target())) {
+        return Refusal{http::status::bad_request, "invalid_path",
+                       "the request path has a '.' or '..' segment; relaymeter forwards only paths under /v1/"};
+    }
     if (content_length && *content_length > cfg.server.max_request_body_bytes) return body_too_large();
     return std::nullopt;
 }
@@ -542,7 +546,8 @@ awaitable<bool> Worker::handle_one(Session& s, beast::flat_buffer& buf, bool loc
     if (!refusal) {
         parse_buffered(true);
         if (!ec && !body_done()) {
-            if (beast::iequals(req[http::field::expect], "100-continue")) {
+            // (An HTTP/1.0 client's expectation is ignored: RFC 9110 10.1.1.)
+            if (version >= 11 && beast::iequals(req[http::field::expect], "100-continue")) {
                 if (!co_await send_continue(s, version)) co_return false;
             }
             s.stream.expires_after(seconds(cfg.upstream.request_timeout_s));

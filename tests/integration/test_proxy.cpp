@@ -385,7 +385,21 @@ TEST_CASE("proxy: Expect 100-continue, chunked request bodies and HTTP/1.0", "[i
         CHECK(res.rfind("HTTP/1.0 200", 0) == 0);
         CHECK(res.find("\"usage\"") != std::string::npos);
     }
-    wait_total(d.port(), 3);
+    {
+        // RFC 9110 10.1.1: an HTTP/1.0 request's 100-continue expectation is
+        // ignored (a 1.0 client cannot read an interim response: it would
+        // take the 100 for the answer).
+        RawConnection raw(d.port());
+        raw.send("POST /v1/chat/completions HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: " +
+                 std::to_string(body.size()) + "\r\n\r\n");
+        CHECK_FALSE(raw.peer_closed(std::chrono::milliseconds(300))); // what arrives meanwhile is kept
+        raw.send(body);
+        auto res = raw.read_until_close(std::chrono::seconds(5));
+        CHECK(res.rfind("HTTP/1.0 200", 0) == 0);
+        CHECK(res.find(" 100 Continue") == std::string::npos);
+        CHECK(res.find("\"usage\"") != std::string::npos);
+    }
+    wait_total(d.port(), 4);
 }
 
 TEST_CASE("proxy: chunked and non-JSON upstream bodies are relayed and metered", "[integration]") {
@@ -581,6 +595,27 @@ TEST_CASE("proxy: admin endpoints, 404s and methods", "[integration]") {
     CHECK(s["models"].empty());
     for (auto k : {"started_at", "generated_at", "uptime_seconds", "hourly_cost_usd"}) CHECK(s.contains(k));
     CHECK(up.request_count() == 0);
+}
+
+TEST_CASE("proxy: a path with '.' or '..' segments is refused, never forwarded", "[integration]") {
+    fake::FakeUpstream up;
+    Daemon d(daemon_yaml(up.base_url()));
+    std::uint64_t total = 0;
+    for (const char* target : {"/v1/../admin", "/v1/chat/../../../etc/passwd", "/v1/%2e%2E/x", "/v1/./models"}) {
+        INFO(target);
+        HttpClient c(d.port());
+        const auto r = c.post_json(target, chat("gpt-4.1"));
+        CHECK(r.status == 400);
+        CHECK(json::parse(r.body)["error"]["code"] == "invalid_path");
+        ++total;
+    }
+    HttpClient c(d.port());
+    CHECK(c.post_json("/v1/chat/completions?next=../x", chat("gpt-4.1")).status == 200); // a query is not a path
+    ++total;
+    const auto s = wait_total(d.port(), total);
+    CHECK(s["overall"]["status_codes"]["400"] == total - 1);
+    REQUIRE(up.request_count() == 1);
+    CHECK(up.requests()[0].target.find("?next=../x") != std::string::npos);
 }
 
 TEST_CASE("proxy: admin token protects the admin endpoints", "[integration]") {

@@ -129,3 +129,17 @@ TEST_CASE("request: on mutated requests the fast path agrees with Beast or decli
     // taken: the comparison above ran on them.
     CHECK(taken > 2000);
 }
+
+TEST_CASE("request: dot segments are found, plain or percent-encoded", "[request]") {
+    using relaymeter::proxy::has_dot_segment;
+    for (const char* t : {"/v1/../admin", "/v1/..", "/v1/.", "/v1/./chat/completions", "/v1/chat/../../x?y=1",
+                          "/v1/%2e%2e/admin", "/v1/%2E%2e", "/v1/.%2E/x", "/v1/%2e/x", "/v1/a/%2E"}) {
+        INFO(t);
+        CHECK(has_dot_segment(t));
+    }
+    for (const char* t : {"/v1/chat/completions", "/v1/", "/v1/...", "/v1/.well-known/x", "/v1/a..b", "/v1/%2e%2e%2e",
+                          "/v1/x?path=../..", "/v1/x?a=/./", "/v1/%2f..x", "/v1/%2", "/v1/%2e%2", "/v1/files/a.b"}) {
+        INFO(t);
+        CHECK_FALSE(has_dot_segment(t));
+    }
+}

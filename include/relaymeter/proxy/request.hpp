@@ -147,4 +147,10 @@ private:
 std::size_t parse_whole_request(std::string_view in, std::size_t header_limit, std::uint64_t body_limit,
                                 Request& req, boost::optional<std::uint64_t>& content_length);
 
+// Whether the path of a request target (before any '?') has a "." or ".."
+// segment, spelt plainly or percent-encoded ("%2e", "%2E"). Such a target is
+// refused rather than forwarded: "/v1/../../admin" would reach paths of the
+// upstream's host outside upstream.base_url, with relaymeter's own key.
+bool has_dot_segment(std::string_view target);
+
 } // namespace relaymeter::proxy
