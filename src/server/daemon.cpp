@@ -1,8 +1,11 @@
 #include "relaymeter/server/daemon.hpp"
 
+#include <csignal>
 #include <cstdio>
 #include <iostream>
 #include <memory>
+
+#include <pthread.h>
 
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
@@ -60,6 +63,17 @@ int run_daemon(int argc, const char* const* argv) {
         }
     }
 
+    // SIGHUP asks for a reload. Until server::run installs its handler, its
+    // default action would kill the daemon (during a long ledger replay, say):
+    // it is held blocked until then (threads started meanwhile inherit the
+    // mask) and delivered, as a reload, once the handler is there.
+    {
+        sigset_t hup;
+        sigemptyset(&hup);
+        sigaddset(&hup, SIGHUP);
+        pthread_sigmask(SIG_BLOCK, &hup, nullptr);
+    }
+
     config::Config cfg;
     try {
         cfg = load(cli);
@@ -98,6 +112,7 @@ int run_daemon(int argc, const char* const* argv) {
     metrics::Engine engine({cfg.metrics.max_models, cfg.pricing, cfg.auth.enabled, cfg.metrics.max_keys});
     if (led) {
         try {
+            spdlog::info("ledger: replaying {}", cfg.ledger.path);
             const auto st = ledger::replay(cfg.ledger.path, [&](const metrics::Record& r) { engine.record(r); });
             for (const auto& w : st.warnings) spdlog::warn("ledger: {}", w);
             if (st.bad_lines > st.warnings.size())

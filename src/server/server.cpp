@@ -714,6 +714,14 @@ int run(const config::Config& cfg, metrics::Engine& engine, Hooks hooks) {
         sig_io.stop();
     };
     signals.async_wait(on_signal);
+    {
+        // Held blocked since start-up (run_daemon): a SIGHUP that came
+        // meanwhile is delivered now, to the handler.
+        sigset_t hup;
+        sigemptyset(&hup);
+        sigaddset(&hup, SIGHUP);
+        pthread_sigmask(SIG_UNBLOCK, &hup, nullptr);
+    }
 
     for (auto& w : workers) w->start();
     std::vector<std::thread> pool;

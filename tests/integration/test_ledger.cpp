@@ -319,18 +319,22 @@ TEST_CASE("ledger: after SIGKILL under load every request acknowledged before th
                                 << (file.torn_tail ? " (plus a torn line)" : ""));
 }
 
+// A daemon on `yaml` that serves 10 requests (two models) and stops: its
+// ledger then holds 10 lines.
+void ten_requests(const std::string& yaml) {
+    Daemon d(yaml);
+    HttpClient c(d.port());
+    for (int i = 0; i < 10; ++i) CHECK(c.post_json("/v1/chat/completions", chat(i % 2 ? "gpt-4.1" : "deepseek-v3.2")).status == 200);
+    wait_total(d.port(), 10);
+    CHECK(d.stop() == 0);
+}
+
 TEST_CASE("ledger: a torn last line is skipped with a warning and the daemon starts", "[integration][ledger]") {
     fake::FakeUpstream up({}, fake::openai_handler());
     TempDir dir;
     const std::string path = dir.path + "/ledger.jsonl";
     const std::string yaml = ledger_yaml(up.base_url(), path);
-    {
-        Daemon d(yaml);
-        HttpClient c(d.port());
-        for (int i = 0; i < 10; ++i) CHECK(c.post_json("/v1/chat/completions", chat(i % 2 ? "gpt-4.1" : "deepseek-v3.2")).status == 200);
-        wait_total(d.port(), 10);
-        CHECK(d.stop() == 0);
-    }
+    ten_requests(yaml);
     // A crash in the middle of a write, simulated while the daemon is down.
     const std::string text = slurp(path);
     const std::string fragment = text.substr(0, text.find('\n') / 2);
@@ -360,6 +364,28 @@ TEST_CASE("ledger: a torn last line is skipped with a warning and the daemon sta
     CHECK(d.log().find(path + ":11: corrupt line skipped") != std::string::npos);
     CHECK(d.log().find("ledger: replayed 11 records") != std::string::npos);
     check_summary_equals_file(get_json(d.port(), "/summary"), after);
+}
+
+TEST_CASE("ledger: a SIGHUP during start-up (the replay) is a reload once serving, not the end of the daemon",
+          "[integration][ledger]") {
+    fake::FakeUpstream up({}, fake::openai_handler());
+    TempDir dir;
+    const std::string path = dir.path + "/ledger.jsonl";
+    const std::string yaml = ledger_yaml(up.base_url(), path);
+    ten_requests(yaml);
+    // A ledger that takes a while to replay: the signal comes in the middle.
+    const std::string ten = slurp(path);
+    constexpr int kCopies = 20000;
+    {
+        std::ofstream out(path, std::ios::binary | std::ios::trunc);
+        for (int i = 0; i < kCopies; ++i) out << ten;
+    }
+    Daemon d(yaml, {}, {}, {"ledger: replaying", [](int pid) { ::kill(pid, SIGHUP); }});
+    INFO(d.log());
+    CHECK(d.log().find("ledger: replayed " + std::to_string(10 * kCopies) + " records") != std::string::npos);
+    CHECK(d.wait_log("SIGHUP: reloaded", std::chrono::seconds(10)));
+    CHECK(get_json(d.port(), "/summary")["overall"]["total_requests"] == 10 * kCopies);
+    CHECK(d.stop() == 0);
 }
 
 TEST_CASE("ledger: a path that cannot be opened stops the daemon before it starts, check-config covers the section", "[integration][ledger]") {

@@ -653,7 +653,7 @@ struct Daemon::Output {
 };
 
 Daemon::Daemon(const std::string& yaml, const std::vector<std::string>& extra_args,
-               const std::map<std::string, std::string>& env)
+               const std::map<std::string, std::string>& env, const StartHook& hook)
     : out_(std::make_shared<Output>()) {
     try {
         dir_ = make_temp_dir("relaymeter-daemon-");
@@ -701,9 +701,14 @@ Daemon::Daemon(const std::string& yaml, const std::vector<std::string>& extra_ar
         std::optional<std::uint16_t> port;
         std::string log_now;
         bool eof = false;
+        bool hooked = hook.needle.empty();
         {
             std::unique_lock lk(out_->mu);
             out_->cv.wait_for(lk, std::chrono::seconds(20), [&] {
+                if (!hooked && out_->text.find(hook.needle) != std::string::npos) {
+                    hooked = true;
+                    hook.fn(pid_);
+                }
                 port = find_port(out_->text, out_->eof);
                 return port.has_value() || out_->eof;
             });

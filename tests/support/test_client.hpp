@@ -111,8 +111,15 @@ struct TestCerts {
 // if the daemon exits, or prints no "listening on" line within 20 s.
 class Daemon {
 public:
+    // Called once, from the constructor, when the daemon's output first
+    // contains `needle` before its "listening on" line (for a test of what
+    // happens during start-up); the argument is the daemon's pid.
+    struct StartHook {
+        std::string needle;
+        std::function<void(int pid)> fn;
+    };
     explicit Daemon(const std::string& yaml, const std::vector<std::string>& extra_args = {},
-                    const std::map<std::string, std::string>& env = {});
+                    const std::map<std::string, std::string>& env = {}, const StartHook& hook = {});
     ~Daemon(); // SIGTERM, then waits (SIGKILL after 10 s)
     Daemon(const Daemon&) = delete;
     Daemon& operator=(const Daemon&) = delete;
