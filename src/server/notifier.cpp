@@ -1,5 +1,7 @@
 #include "relaymeter/server/notifier.hpp"
 
+#include <algorithm>
+
 #include <mutex>
 #include <thread>
 
@@ -42,6 +44,7 @@ struct Notifier::Impl {
     std::thread thread;
 
     void enqueue(const std::shared_ptr<Target>& t, std::string body);
+    void start_drain(const std::shared_ptr<Target>& t); // under mu
     awaitable<void> drain(std::shared_ptr<Target> t);
     awaitable<void> deliver(const Target& t, const std::string& body);
     // One attempt: the HTTP status, or 0 with `why` set on a transport failure.
@@ -53,7 +56,11 @@ void Notifier::Impl::enqueue(const std::shared_ptr<Target>& t, std::string body)
     if (t->queue.push(std::move(body))) {
         spdlog::warn("webhook {}: queue full ({} notifications), dropped the oldest", t->name, t->queue.capacity());
     }
-    if (t->busy) return;
+    start_drain(t);
+}
+
+void Notifier::Impl::start_drain(const std::shared_ptr<Target>& t) {
+    if (t->busy || t->queue.empty()) return;
     t->busy = true;
     asio::post(io, [this, t] { asio::co_spawn(io, drain(t), asio::detached); });
 }
@@ -188,10 +195,33 @@ Notifier::~Notifier() {
 }
 
 void Notifier::reconfigure(std::vector<config::WebhookConfig> webhooks) {
-    std::vector<std::shared_ptr<Target>> fresh;
-    for (auto& w : webhooks) fresh.push_back(std::make_shared<Target>(std::move(w)));
     const std::lock_guard lock(impl_->mu);
-    for (auto& old : impl_->targets) old->queue.clear(); // a running drain finishes its current delivery
+    auto old = std::move(impl_->targets);
+    std::vector<std::shared_ptr<Target>> fresh;
+    for (auto& w : webhooks) {
+        // A receiver still configured (same url and format) keeps what is
+        // queued for it: a reload loses no notification.
+        const auto same = std::find_if(old.begin(), old.end(), [&](const std::shared_ptr<Target>& t) {
+            return t && t->cfg.url == w.url && t->cfg.format == w.format;
+        });
+        if (same != old.end() && (*same)->cfg.timeout_s == w.timeout_s) {
+            fresh.push_back(std::move(*same));
+            continue;
+        }
+        auto t = std::make_shared<Target>(std::move(w));
+        if (same != old.end()) {
+            // Only its timeout changed: the queue moves to the new settings.
+            while (!(*same)->queue.empty()) t->queue.push((*same)->queue.pop());
+            impl_->start_drain(t);
+            *same = nullptr;
+        }
+        fresh.push_back(std::move(t));
+    }
+    // Receivers no longer configured: what was queued for them is dropped (a
+    // running drain finishes its current delivery).
+    for (auto& t : old) {
+        if (t) t->queue.clear();
+    }
     impl_->targets = std::move(fresh);
 }
 

@@ -6,11 +6,14 @@
 #include <atomic>
 #include <cstdio>
 #include <fstream>
+#include <set>
 
 #include <unistd.h>
 
 #include "fake_upstream.hpp"
 #include "integration/common.hpp"
+#include "relaymeter/config/config.hpp"
+#include "relaymeter/server/notifier.hpp"
 
 using namespace relaymeter;
 using namespace relaymeter::testsupport;
@@ -157,6 +160,41 @@ TEST_CASE("alerts: error-rate and latency alerts reach /alerts, /summary, /metri
     CHECK(d.wait_log("attempt 1 failed (timed out)", std::chrono::seconds(15)));
     CHECK(d.log().find("Bad file descriptor") == std::string::npos);
     CHECK(silent.request_count() >= 1);
+}
+
+TEST_CASE("alerts: a reload keeps the notifications queued for webhooks still configured", "[integration][alerts]") {
+    // Slow receivers: while the first notification is being delivered, the
+    // others wait in the queue, and the reload comes then.
+    const auto slow_ok = [](const fake::Request&) {
+        return fake::Response().delay(std::chrono::milliseconds(50)).write(
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    };
+    fake::FakeUpstream kept({}, slow_ok), retimed({}, slow_ok), removed({}, slow_ok);
+    const auto url = [](const fake::FakeUpstream& u) { return "http://127.0.0.1:" + std::to_string(u.port()) + "/h"; };
+    const auto webhooks = [&](const std::string& yaml) {
+        return config::load_string("alerts:\n  webhooks:\n" + yaml, "test.yaml").alerts.webhooks;
+    };
+    server::Notifier n(webhooks("    - { url: \"" + url(kept) + "\", timeout_s: 5 }\n"
+                                "    - { url: \"" + url(retimed) + "\", timeout_s: 5 }\n"
+                                "    - { url: \"" + url(removed) + "\", timeout_s: 5 }\n"));
+    constexpr int kAlerts = 6;
+    for (int i = 0; i < kAlerts; ++i) {
+        alerts::Alert a;
+        a.type = alerts::AlertType::high_error_rate;
+        a.model = "model-" + std::to_string(i);
+        a.state = alerts::AlertState::firing;
+        n.notify(a);
+    }
+    n.reconfigure(webhooks("    - { url: \"" + url(kept) + "\", timeout_s: 5 }\n"
+                           "    - { url: \"" + url(retimed) + "\", timeout_s: 2 }\n"));
+    CHECK(kept.wait_requests(kAlerts, std::chrono::seconds(10)));
+    CHECK(retimed.wait_requests(kAlerts, std::chrono::seconds(10)));
+    for (const auto* u : {&kept, &retimed}) {
+        std::set<std::string> models;
+        for (const auto& r : u->requests()) models.insert(json::parse(r.body)["model"].get<std::string>());
+        CHECK(models.size() == kAlerts); // each once, none lost
+    }
+    CHECK(removed.request_count() <= 1); // at most the one under way at the reload
 }
 
 TEST_CASE("alerts: /summary?window=SECONDS and bad windows", "[integration][alerts]") {

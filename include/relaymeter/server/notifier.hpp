@@ -31,7 +31,8 @@ public:
     void notify(const alerts::Alert& a);
     // Firing alerts re-sent to the Alertmanager-format webhooks only.
     void refresh(const std::vector<alerts::Alert>& firing);
-    // SIGHUP: replaces the webhooks; queued notifications of the old ones are dropped.
+    // SIGHUP: replaces the webhooks. One still configured (same url and
+    // format) keeps its queued notifications; those of removed ones are dropped.
     void reconfigure(std::vector<config::WebhookConfig> webhooks);
 
 private:
