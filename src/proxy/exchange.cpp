@@ -198,8 +198,10 @@ struct Meter {
     std::string upstream_rid;
     std::string coding_name; // the upstream's Content-Encoding, when it sent one
     std::string_view note; // why relaymeter failed the request, if it did
+    bool recorded = false;
 
     void finish() {
+        recorded = true;
         metrics::Record r;
         r.model = model;
         r.key = key;
@@ -351,6 +353,22 @@ class Exchange {
 public:
     Exchange(Context& ctx, tcp_stream& client, Request& req, const Origin& origin)
         : ctx_(ctx), cfg_(ctx.cfg), client_(client), req_(req), meter_(ctx, origin) {}
+    // Still unrecorded here, the request was in flight when the daemon
+    // stopped (server.drain_timeout_s passed): its coroutine is destroyed
+    // mid-way. It is recorded as 503 shutting_down, with what usage was read,
+    // rather than lost.
+    ~Exchange() {
+        if (meter_.recorded) return;
+        try {
+            take_usage();
+            meter_.status = 503;
+            meter_.note = "shutting_down";
+            meter_.finish();
+        } catch (const std::exception&) {
+        }
+    }
+    Exchange(const Exchange&) = delete;
+    Exchange& operator=(const Exchange&) = delete;
 
     awaitable<bool> run();
 
@@ -361,6 +379,10 @@ private:
     template <class Stream>
     awaitable<void> relay(Stream& up);
     awaitable<void> fail(http::status status, std::string_view code, std::string message);
+    // The usage the response's scanner read, into the meter.
+    void take_usage() {
+        if (json_ || stream_ || coded_) meter_.use = coded_ ? coded_->usage() : stream_ ? stream_->usage() : json_->result();
+    }
     // Queues what the client has not had yet: the response head (first call
     // only), the parsed body pieces or `data` (one chunk when chunked), and
     // the last chunk when `last`; writes what the socket takes now, without
@@ -822,8 +844,7 @@ awaitable<void> Exchange::relay(Stream& up) {
         }
         if (up_ec) break;
     }
-    if (json_ || stream_ || coded_)
-        meter_.use = coded_ ? coded_->usage() : stream_ ? stream_->usage() : json_->result();
+    take_usage();
     if (coded_ && !coded_->problem().empty()) {
         // Once per response: the bytes were relayed as they came, the usage
         // is what could be read (usually none).

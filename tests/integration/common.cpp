@@ -30,6 +30,12 @@ std::string daemon_yaml(const std::string& upstream_url, const std::string& extr
     return y;
 }
 
+std::string replace(std::string text, const std::string& from, const std::string& to) {
+    const auto at = text.find(from);
+    REQUIRE(at != std::string::npos);
+    return text.replace(at, from.size(), to);
+}
+
 nlohmann::json get_json(std::uint16_t port, const std::string& target) {
     HttpClient c(port);
     auto r = c.get(target);

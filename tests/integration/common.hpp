@@ -15,6 +15,9 @@ namespace relaymeter::testsupport {
 std::string daemon_yaml(const std::string& upstream_url, const std::string& extra_upstream = {},
                         const std::string& extra_sections = {});
 
+// `text` with the first `from` replaced by `to` (fails the test when absent).
+std::string replace(std::string text, const std::string& from, const std::string& to);
+
 nlohmann::json get_json(std::uint16_t port, const std::string& target);
 
 // Polls /summary (each poll is a real request: no sleeping) until

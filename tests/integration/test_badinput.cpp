@@ -33,12 +33,6 @@ std::string chat(const std::string& model) {
 
 double secs_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-std::string replace(std::string text, const std::string& from, const std::string& to) {
-    const auto at = text.find(from);
-    REQUIRE(at != std::string::npos);
-    return text.replace(at, from.size(), to);
-}
-
 // A fake upstream handler: a scripted response per path, the OpenAI fake otherwise.
 using Script = std::function<fake::Response(const fake::Request&)>;
 fake::Handler scripted(std::map<std::string, Script> scripts) {

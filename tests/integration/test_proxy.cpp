@@ -767,6 +767,45 @@ TEST_CASE("proxy: SIGTERM lets in-flight requests finish, then exits 0", "[integ
     CHECK(d.stop() == 0);
 }
 
+TEST_CASE("proxy: requests still in flight at server.drain_timeout_s are cut off and recorded, not lost",
+          "[integration]") {
+    fake::FakeUpstream up({}, [](const fake::Request& r) {
+        if (r.target.find("stream") != std::string::npos) {
+            return fake::Response()
+                .write("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .write("e\r\ndata: {\"a\":1}\n\n\r\n")
+                .hang();
+        }
+        return fake::Response().hang(); // no answer at all
+    });
+    Daemon d(replace(daemon_yaml(up.base_url()), "drain_timeout_s: 5", "drain_timeout_s: 0.3"));
+    RawConnection streaming(d.port()), waiting(d.port());
+    const std::string body = chat("gpt-4.1");
+    const auto post = [&](const std::string& path, const std::string& rid) {
+        return "POST " + path + " HTTP/1.1\r\nHost: x\r\nX-Request-Id: " + rid +
+               "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+    };
+    streaming.send(post("/v1/stream", "cut-stream"));
+    waiting.send(post("/v1/chat/completions", "cut-plain"));
+    REQUIRE(up.wait_requests(2, std::chrono::seconds(5)));
+    REQUIRE(streaming.read_until("data: {\"a\":1}", std::chrono::seconds(5)).rfind("HTTP/1.1 200", 0) == 0);
+    d.signal(SIGTERM);
+    CHECK(d.stop() == 0);
+    const std::string log = d.log();
+    INFO(log);
+    CHECK(log.find("drain timeout: 2 requests still in flight") != std::string::npos);
+    for (const char* rid : {"cut-stream", "cut-plain"}) {
+        const auto at = log.find(std::string("access rid=") + rid + " ");
+        REQUIRE(at != std::string::npos);
+        const std::string line = log.substr(at, log.find('\n', at) - at);
+        CHECK(line.find("model=gpt-4.1 status=503") != std::string::npos);
+        CHECK(line.find("error=shutting_down") != std::string::npos);
+    }
+    // The clients see their connections closed.
+    CHECK(streaming.peer_closed(std::chrono::seconds(5)));
+    CHECK(waiting.peer_closed(std::chrono::seconds(5)));
+}
+
 TEST_CASE("proxy: SIGHUP reloads prices for later requests, a bad file keeps the running config", "[integration]") {
     fake::OpenAIOptions o;
     o.prompt_tokens = 1000;
