@@ -206,10 +206,16 @@ TEST_CASE("stream: an upstream reset mid-stream ends the client's stream and rec
             .reset();
     });
     Daemon d(daemon_yaml(up.base_url()));
-    HttpClient c(d.port());
-    auto r = c.post_json("/v1/chat/completions", kStreamBody);
-    CHECK(r.status == 200);
-    CHECK(r.body == "data: {\"a\":1}\n\n");
+    // The client gets the head and the event, then the connection closes
+    // without the last chunk: its HTTP library sees the stream cut off.
+    RawConnection raw(d.port());
+    raw.send("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
+             std::to_string(std::string(kStreamBody).size()) + "\r\n\r\n" + kStreamBody);
+    const std::string got = raw.read_until_close(std::chrono::seconds(5));
+    CHECK(got.rfind("HTTP/1.1 200", 0) == 0);
+    CHECK(got.find("data: {\"a\":1}\n\n") != std::string::npos);
+    CHECK_FALSE(std::string_view(got).ends_with("\r\n0\r\n\r\n"));
+    CHECK(raw.peer_closed(std::chrono::milliseconds(0)));
     auto s = wait_total(d.port(), 1);
     CHECK(model_entry(s, "gpt-4.1")["status_codes"]["502"] == 1);
     CHECK(model_entry(s, "gpt-4.1")["error_count"] == 1);
