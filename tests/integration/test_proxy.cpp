@@ -465,6 +465,31 @@ TEST_CASE("proxy: a body of a given length in several reads is relayed whole, me
     CHECK(up.connections_accepted() == 1); // every response ended where its length said
 }
 
+TEST_CASE("proxy: bytes an upstream sends after its response never reach the next request", "[integration]") {
+    // The first answer comes with a second, unasked-for response behind it
+    // in the same write: the connection is not pooled, so the next request
+    // gets its own answer, not that one.
+    const std::string head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ";
+    const auto answer = [&](const std::string& body) { return head + std::to_string(body.size()) + "\r\n\r\n" + body; };
+    std::atomic<int> n{0};
+    fake::FakeUpstream up({}, [&](const fake::Request&) {
+        const std::string body = R"({"answer":)" + std::to_string(++n) + R"(,"usage":{"prompt_tokens":1,"completion_tokens":2}})";
+        const std::string stray = n == 1 ? answer(R"({"answer":"stray"})") : std::string();
+        return fake::Response().write(answer(body) + stray);
+    });
+    Daemon d(daemon_yaml(up.base_url()));
+    HttpClient c(d.port());
+    for (int i = 1; i <= 3; ++i) {
+        const auto r = c.post_json("/v1/chat/completions", chat("gpt-4.1"));
+        CHECK(r.status == 200);
+        CHECK(json::parse(r.body)["answer"] == i);
+    }
+    CHECK(up.request_count() == 3);
+    CHECK(up.connections_accepted() == 2); // the one with stray bytes was closed, the next one reused
+    const auto s = wait_total(d.port(), 3);
+    CHECK(model_entry(s, "gpt-4.1")["output_tokens"] == 6);
+}
+
 TEST_CASE("proxy: keep-alive clients reuse pooled upstream connections", "[integration]") {
     fake::FakeUpstream up;
     Daemon d(daemon_yaml(up.base_url()));
