@@ -990,7 +990,7 @@ void Loader::documented_defaults(Config& cfg, const YAML::Node& root) {
         }
     };
     if (!has("upstream", "base_url")) {
-        const std::string text = "${RELAYMETER_UPSTREAM:-https://api.openai.com/v1}";
+        const std::string text = "${RELAYMETER_UPSTREAM:-" + UpstreamConfig{}.base_url + "}";
         if (const auto url = from_env("upstream.base_url", text)) {
             UpstreamConfig parsed = cfg.upstream;
             const std::string err = parse_upstream_url(*url, parsed);

@@ -381,7 +381,8 @@ private:
     awaitable<void> fail(http::status status, std::string_view code, std::string message);
     // The usage the response's scanner read, into the meter.
     void take_usage() {
-        if (json_ || stream_ || coded_) meter_.use = coded_ ? coded_->usage() : stream_ ? stream_->usage() : json_->result();
+        if (json_ || stream_ || coded_)
+            meter_.use = coded_ ? coded_->usage() : stream_ ? stream_->usage() : json_->result();
     }
     // Queues what the client has not had yet: the response head (first call
     // only), the parsed body pieces or `data` (one chunk when chunked), and

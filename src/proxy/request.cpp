@@ -177,7 +177,7 @@ bool has_dot_segment(std::string_view target) {
         // The segment with each "%2e" read as '.': "." or ".." is 1 or 2 dots.
         std::size_t dots = 0;
         bool only_dots = true;
-        for (std::size_t i = start; i < end && only_dots;) {
+        for (std::size_t i = start; i < end;) {
             if (path[i] == '.') {
                 ++i;
             } else if (path[i] == '%' && end - i >= 3 && path[i + 1] == '2' && (path[i + 2] | 0x20) == 'e') {

@@ -1,11 +1,8 @@
 #include "relaymeter/server/daemon.hpp"
 
-#include <csignal>
 #include <cstdio>
 #include <iostream>
 #include <memory>
-
-#include <pthread.h>
 
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
@@ -65,14 +62,8 @@ int run_daemon(int argc, const char* const* argv) {
 
     // SIGHUP asks for a reload. Until server::run installs its handler, its
     // default action would kill the daemon (during a long ledger replay, say):
-    // it is held blocked until then (threads started meanwhile inherit the
-    // mask) and delivered, as a reload, once the handler is there.
-    {
-        sigset_t hup;
-        sigemptyset(&hup);
-        sigaddset(&hup, SIGHUP);
-        pthread_sigmask(SIG_BLOCK, &hup, nullptr);
-    }
+    // it is held until then and delivered, as a reload, once the handler is there.
+    server::hold_reload_signal(true);
 
     config::Config cfg;
     try {

@@ -666,6 +666,13 @@ std::string host_header(const config::UpstreamConfig& u) {
 
 } // namespace
 
+void hold_reload_signal(bool held) {
+    sigset_t hup;
+    sigemptyset(&hup);
+    sigaddset(&hup, SIGHUP);
+    pthread_sigmask(held ? SIG_BLOCK : SIG_UNBLOCK, &hup, nullptr);
+}
+
 int run(const config::Config& cfg, metrics::Engine& engine, Hooks hooks) {
     Shared shared{cfg, engine, hooks, {}, nullptr, host_header(cfg.upstream)};
     shared.expo.const_labels = cfg.metrics.labels;
@@ -714,14 +721,7 @@ int run(const config::Config& cfg, metrics::Engine& engine, Hooks hooks) {
         sig_io.stop();
     };
     signals.async_wait(on_signal);
-    {
-        // Held blocked since start-up (run_daemon): a SIGHUP that came
-        // meanwhile is delivered now, to the handler.
-        sigset_t hup;
-        sigemptyset(&hup);
-        sigaddset(&hup, SIGHUP);
-        pthread_sigmask(SIG_UNBLOCK, &hup, nullptr);
-    }
+    hold_reload_signal(false); // a SIGHUP held since start-up is delivered now, to the handler
 
     for (auto& w : workers) w->start();
     std::vector<std::thread> pool;

@@ -30,4 +30,9 @@ struct Hooks {
 // std::runtime_error when it cannot bind or set up TLS.
 int run(const config::Config& cfg, metrics::Engine& engine, Hooks hooks);
 
+// SIGHUP (reload) held blocked on this thread, and on threads it starts
+// afterwards, or let through again: run_daemon holds it from start-up until
+// run() handles it, so that one sent meanwhile is a reload, not the end.
+void hold_reload_signal(bool held);
+
 } // namespace relaymeter::server
