@@ -946,6 +946,13 @@ awaitable<bool> forward(Context& ctx, tcp_stream& client, Request& req, const Or
     co_return co_await ex.run();
 }
 
+void record_unread(Context& ctx, const Origin& origin, int status, std::string_view note) {
+    Meter m(ctx, origin);
+    m.status = status;
+    m.note = note;
+    m.finish();
+}
+
 awaitable<bool> reject(Context& ctx, tcp_stream& client, http::status status, std::string_view code,
                        std::string_view message, unsigned version, bool keep_alive, std::string model,
                        const Origin& origin) {

@@ -54,11 +54,22 @@ void Request::recycle() {
     if (body_.capacity() > 16 * 1024) std::string().swap(body_);
 }
 
+std::string_view origin_form(std::string_view target) {
+    if (target.empty() || target[0] == '/') return target;
+    std::size_t scheme = 0;
+    if (target.size() >= 7 && beast::iequals(target.substr(0, 7), "http://")) scheme = 7;
+    else if (target.size() >= 8 && beast::iequals(target.substr(0, 8), "https://")) scheme = 8;
+    if (scheme == 0) return target;
+    const std::size_t path = target.find_first_of("/?", scheme);
+    if (path == std::string_view::npos || target[path] == '?') return "/";
+    return target.substr(path);
+}
+
 void RequestParser::on_request_impl(http::verb method, beast::string_view method_str, beast::string_view target,
                                     int version, error_code&) {
     req_.method_ = method;
     req_.method_at_ = req_.add(method_str);
-    req_.target_at_ = req_.add(target);
+    req_.target_at_ = req_.add(origin_form(target));
     req_.version_ = static_cast<unsigned>(version);
 }
 
@@ -145,7 +156,7 @@ std::size_t parse_whole_request(std::string_view in, std::size_t header_limit, s
         return fail();
     req.method_ = verb;
     req.method_at_ = req.add(method);
-    req.target_at_ = req.add(target);
+    req.target_at_ = req.add(origin_form(target));
     req.version_ = p[7] == '1' ? 11 : 10;
     p += 10;
 

@@ -138,6 +138,33 @@ struct Refusal {
     std::string message;
 };
 
+// A head relaymeter will not serve whatever its target, for /v1/ and admin
+// requests alike: a transfer coding other than chunked alone would reach the
+// upstream still encoded (Transfer-Encoding is hop-by-hop): 501, as nginx
+// does (Content-Length together with Transfer-Encoding is a 400 from the
+// parser); an HTTP/1.1 request without Host, or any with more than one, is a
+// 400 (RFC 9112 3.2).
+std::optional<Refusal> malformed_head(const proxy::Request& req) {
+    if (const std::size_t te_fields = req.count(http::field::transfer_encoding); te_fields > 0) {
+        std::size_t codings = 0;
+        bool unsupported = te_fields != 1;
+        for (auto const& coding : http::token_list{req[http::field::transfer_encoding]}) {
+            ++codings;
+            unsupported |= !beast::iequals(coding, "chunked");
+        }
+        if (unsupported || codings != 1) {
+            return Refusal{http::status::not_implemented, "unsupported_transfer_encoding",
+                           "only the chunked transfer coding is supported"};
+        }
+    }
+    const std::size_t hosts = req.count(http::field::host);
+    if (hosts > 1) return Refusal{http::status::bad_request, "invalid_host", "the request has more than one Host field"};
+    if (hosts == 0 && req.version() >= 11) {
+        return Refusal{http::status::bad_request, "missing_host", "an HTTP/1.1 request needs a Host field"};
+    }
+    return std::nullopt;
+}
+
 // The 413 of a declared (Content-Length) or read body over the limit, for
 // /v1/ and admin requests alike.
 Refusal body_too_large() {
@@ -192,10 +219,10 @@ private:
     awaitable<void> linger_close(Session& s, beast::flat_buffer& buf);
     awaitable<bool> head_failed(Session& s, error_code ec, const beast::flat_buffer& buf, clock::time_point arrival);
     std::optional<Refusal> check_head(const proxy::Request& req,
-                                      boost::optional<std::uint64_t> content_length, bool unsupported_te,
+                                      boost::optional<std::uint64_t> content_length,
                                       bool local_client, proxy::Origin& origin) const;
     static Refusal body_refusal(const error_code& ec);
-    void meter_unparsed(int status, std::string_view target, const beast::flat_buffer& buf,
+    void meter_unparsed(int status, std::string_view note, std::string_view target, const beast::flat_buffer& buf,
                         clock::time_point arrival);
 
     // One thread runs each worker's context, and its sockets and timers are
@@ -300,8 +327,8 @@ awaitable<void> Worker::linger_close(Session& s, beast::flat_buffer& buf) {
     }
 }
 
-void Worker::meter_unparsed(int status, std::string_view target, const beast::flat_buffer& buf,
-                            clock::time_point arrival) {
+void Worker::meter_unparsed(int status, std::string_view note, std::string_view target,
+                            const beast::flat_buffer& buf, clock::time_point arrival) {
     // A request whose head could not be parsed is metered only when its
     // request line shows it was for /v1/: the target the parser got (Beast
     // consumes the request line as soon as it has it, so a bad field after it
@@ -313,11 +340,8 @@ void Worker::meter_unparsed(int status, std::string_view target, const beast::fl
         target = raw.substr(sp + 1);
     }
     if (target.substr(0, 4) != "/v1/") return;
-    metrics::Record r;
-    r.status = status;
-    r.latency_s = std::chrono::duration<double>(clock::now() - arrival).count();
-    r.finished_at = std::chrono::system_clock::now();
-    shared_.engine.record(r);
+    const proxy::Origin origin{proxy::request_id({}), shared_.cfg.auth.enabled ? "none" : "", arrival};
+    proxy::record_unread(pctx_, origin, status, note);
 }
 
 awaitable<bool> Worker::reply(Session& s, http::response<http::string_body>& res) {
@@ -333,7 +357,7 @@ awaitable<bool> Worker::head_failed(Session& s, error_code ec, const beast::flat
                                     clock::time_point arrival) {
     const std::string_view seen_target = s.parser->get().target();
     if (ec == http::error::header_limit) {
-        meter_unparsed(431, seen_target, buf, arrival);
+        meter_unparsed(431, "header_too_large", seen_target, buf, arrival);
         spdlog::info("rejected a request head over server.max_header_bytes");
         co_await reply_error(s, http::status::request_header_fields_too_large, "header_too_large",
                              "request head exceeds server.max_header_bytes", 11);
@@ -341,14 +365,14 @@ awaitable<bool> Worker::head_failed(Session& s, error_code ec, const beast::flat
         // Slow head (slow-loris): the stream closed the socket when its
         // deadline passed, so there is no 408 to send, as with nginx. The
         // record says 408 when the request line was for /v1/.
-        meter_unparsed(408, seen_target, buf, arrival);
+        meter_unparsed(408, "header_timeout", seen_target, buf, arrival);
         spdlog::info("closed a connection whose request head did not arrive within server.header_timeout_s");
     } else if (ec == http::error::partial_message || ec == asio::error::eof ||
                ec == asio::error::connection_reset) {
         // The client went away in the middle of its head.
-        meter_unparsed(499, seen_target, buf, arrival);
+        meter_unparsed(499, "client_closed", seen_target, buf, arrival);
     } else if (ec != http::error::end_of_stream && ec != asio::error::operation_aborted) {
-        meter_unparsed(400, seen_target, buf, arrival);
+        meter_unparsed(400, "bad_request", seen_target, buf, arrival);
         spdlog::info("rejected a malformed request head: {}", ec.message());
         co_await reply_error(s, http::status::bad_request, "bad_request", "malformed HTTP request: " + ec.message(),
                              11);
@@ -357,9 +381,10 @@ awaitable<bool> Worker::head_failed(Session& s, error_code ec, const beast::flat
 }
 
 std::optional<Refusal> Worker::check_head(const proxy::Request& req,
-                                          boost::optional<std::uint64_t> content_length, bool unsupported_te,
+                                          boost::optional<std::uint64_t> content_length,
                                           bool local_client, proxy::Origin& origin) const {
     const auto& cfg = shared_.cfg;
+    if (auto malformed = malformed_head(req)) return malformed;
     if (shared_.protect && !local_client) {
         return Refusal{http::status::forbidden, "protected_mode",
                        "relaymeter spends its own upstream key and serves only loopback clients: configure "
@@ -374,10 +399,6 @@ std::optional<Refusal> Worker::check_head(const proxy::Request& req,
         }
         if (match == nullptr) return Refusal{http::status::unauthorized, "invalid_api_key", "missing or invalid relaymeter API key"};
         origin.key = match->name;
-    }
-    if (unsupported_te) {
-        return Refusal{http::status::not_implemented, "unsupported_transfer_encoding",
-                       "only the chunked transfer coding is supported"};
     }
     if (proxy::has_dot_segment(req.target())) {
         return Refusal{http::status::bad_request, "invalid_path",
@@ -490,22 +511,9 @@ awaitable<bool> Worker::handle_one(Session& s, beast::flat_buffer& buf, bool loc
     auto& req = *request;
     const auto content_length = whole ? whole_length : parser.content_length();
     const std::string_view target = req.target();
-    // A transfer coding other than chunked alone would reach the upstream
-    // still encoded (Transfer-Encoding is hop-by-hop): 501, as nginx does.
-    // (Content-Length together with Transfer-Encoding is a 400 from the parser.)
-    bool unsupported_te = false;
-    if (const std::size_t te_fields = req.count(http::field::transfer_encoding); te_fields > 0) {
-        std::size_t codings = 0;
-        for (auto const& coding : http::token_list{req[http::field::transfer_encoding]}) {
-            ++codings;
-            unsupported_te |= !beast::iequals(coding, "chunked");
-        }
-        unsupported_te |= codings != 1 || te_fields != 1;
-    }
     if (target.substr(0, 4) != "/v1/") {
-        if (unsupported_te) {
-            co_await reply_error(s, http::status::not_implemented, "unsupported_transfer_encoding",
-                                 "only the chunked transfer coding is supported", req.version());
+        if (auto r = malformed_head(req)) {
+            co_await reply_error(s, r->status, r->code, std::move(r->message), req.version());
             co_return false;
         }
         // Admin endpoints and 404s: read (and bound) the body, never metered.
@@ -542,7 +550,7 @@ awaitable<bool> Worker::handle_one(Session& s, beast::flat_buffer& buf, bool loc
 
     // Refusals of the head, then of the body, all answered at one place (each
     // co_await of its own made the frame of this coroutine bigger).
-    std::optional<Refusal> refusal = check_head(req, content_length, unsupported_te, local_client, origin);
+    std::optional<Refusal> refusal = check_head(req, content_length, local_client, origin);
     if (!refusal) {
         parse_buffered(true);
         if (!ec && !body_done()) {

@@ -9,6 +9,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <future>
@@ -277,6 +278,10 @@ TEST_CASE("badinput: malformed request heads get 400 and a closed connection, th
         {"HTTP/2 preface on the HTTP/1 port", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400, false},
         {"HTTP/3.0 request for /v1/", "GET /v1/models HTTP/3.0\r\nHost: x\r\n\r\n", 400, true},
         {"admin path with a broken header", "GET /metrics HTTP/1.1\r\nHost x\r\n\r\n", 400, false},
+        {"HTTP/1.1 without Host", "GET /v1/models HTTP/1.1\r\nAccept: */*\r\n\r\n", 400, true},
+        {"two Host fields",
+         "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nHost: y\r\nContent-Length: 2\r\n\r\n{}", 400, true},
+        {"admin path without Host", "GET /metrics HTTP/1.1\r\n\r\n", 400, false},
     };
     // A head cut off by the client: nothing to answer, metered as 499.
     {
@@ -314,6 +319,13 @@ TEST_CASE("badinput: malformed request heads get 400 and a closed connection, th
     CHECK(status_count(none, 400) + status_count(none, 501) + status_count(none, 499) == v1_errors);
     CHECK(status_count(none, 501) == 1);
     CHECK(d.log().find("malformed") != std::string::npos);
+    // Each has its access line, those the parser refused too.
+    const std::string log = d.log();
+    CHECK(log.find("model=none status=499 ") != std::string::npos);
+    const auto v1_400s = std::count_if(cases.begin(), cases.end(), [](const Case& c) { return c.v1 && c.status == 400; });
+    CHECK(count_of(log, "model=none status=400 ") == static_cast<std::size_t>(v1_400s));
+    CHECK(log.find(" error=missing_host") != std::string::npos);
+    CHECK(log.find(" error=invalid_host") != std::string::npos);
 }
 
 TEST_CASE("badinput: an oversized request head gets 431 in the OpenAI shape, metered when it was for /v1/",
@@ -908,6 +920,46 @@ TEST_CASE("badinput: pipelined requests are answered in order", "[integration][b
     }
     std::uint64_t total = json::parse(HttpClient(d.port()).get("/summary").body)["overall"]["total_requests"];
     check_alive(d.port(), total);
+}
+
+TEST_CASE("badinput: a target in absolute form is served as its path", "[integration][badinput]") {
+    // RFC 9112 3.2.2: a server accepts the absolute form (a client that takes
+    // relaymeter for a forward proxy sends it); it was a 404.
+    fake::FakeUpstream up;
+    Daemon d(daemon_yaml(up.base_url()));
+    const std::string body = chat("gpt-4.1");
+    const std::string authority = "127.0.0.1:" + std::to_string(d.port());
+    {
+        const auto ex = send_and_read(d.port(), "POST http://" + authority + "/v1/chat/completions?x=1 HTTP/1.1\r\n"
+                                                "Host: " + authority + "\r\nContent-Type: application/json\r\n"
+                                                "Connection: close\r\nContent-Length: " + std::to_string(body.size()) +
+                                                "\r\n\r\n" + body);
+        const auto rs = parse_responses(ex.received);
+        REQUIRE(rs.size() == 1);
+        CHECK(rs[0].status == 200);
+        const auto seen = forwarded(up);
+        REQUIRE(seen.size() == 1);
+        CHECK(seen[0].target == "/v1/chat/completions?x=1");
+        const auto s = wait_total(d.port(), 1);
+        CHECK(model_entry(s, "gpt-4.1")["total_requests"] == 1);
+    }
+    {
+        const auto ex = send_and_read(d.port(), "GET HTTPS://" + authority + "/healthz HTTP/1.1\r\nHost: " + authority +
+                                                "\r\nConnection: close\r\n\r\n");
+        const auto rs = parse_responses(ex.received);
+        REQUIRE(rs.size() == 1);
+        CHECK(rs[0].status == 200);
+        CHECK(rs[0].body == "ok\n");
+    }
+    {
+        // The authority does not escape: a path with dot segments is still refused.
+        const auto ex = send_and_read(d.port(), "GET http://x/v1/../admin HTTP/1.1\r\nHost: x\r\n\r\n");
+        const auto rs = parse_responses(ex.received);
+        REQUIRE(rs.size() == 1);
+        CHECK(rs[0].status == 400);
+        CHECK(error_code_of(rs[0]) == "invalid_path");
+    }
+    CHECK(forwarded(up).size() == 1);
 }
 
 TEST_CASE("badinput: HTTP/1.0 without keep-alive is answered and closed", "[integration][badinput]") {

@@ -143,3 +143,23 @@ TEST_CASE("request: dot segments are found, plain or percent-encoded", "[request
         CHECK_FALSE(has_dot_segment(t));
     }
 }
+
+TEST_CASE("request: a target in absolute form is kept as its origin form", "[request]") {
+    using relaymeter::proxy::origin_form;
+    CHECK(origin_form("/v1/models?a=b") == "/v1/models?a=b");
+    CHECK(origin_form("http://127.0.0.1:8080/v1/models?a=b") == "/v1/models?a=b");
+    CHECK(origin_form("HTTPS://api.example.com/v1/chat/completions") == "/v1/chat/completions");
+    CHECK(origin_form("http://host") == "/");
+    CHECK(origin_form("http://host?x") == "/");
+    CHECK(origin_form("http://user@host:1/v1/x") == "/v1/x");
+    CHECK(origin_form("*") == "*");
+    CHECK(origin_form("ftp://host/v1/x") == "ftp://host/v1/x");
+    CHECK(origin_form("http:/v1/x") == "http:/v1/x");
+    // Both parsers keep it so.
+    const std::string in = "GET http://h:1/v1/models HTTP/1.1\r\nHost: h:1\r\n\r\n";
+    CHECK(agree(in));
+    Request r;
+    boost::optional<std::uint64_t> length;
+    REQUIRE(proxy::parse_whole_request(in, kHeaderLimit, kBodyLimit, r, length) == in.size());
+    CHECK(r.target() == "/v1/models");
+}

@@ -53,4 +53,9 @@ awaitable<bool> reject(Context& ctx, tcp_stream& client, http::status status, st
                        std::string_view message, unsigned version, bool keep_alive, std::string model,
                        const Origin& origin);
 
+// Meter a /v1/ request that ended before its head could be read (malformed,
+// too large, too slow, or cut off by the client): its record and its access
+// line, as for any other request; `note` is the error code.
+void record_unread(Context& ctx, const Origin& origin, int status, std::string_view note);
+
 } // namespace relaymeter::proxy

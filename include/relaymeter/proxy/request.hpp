@@ -110,6 +110,13 @@ private:
     bool keep_alive_ = true;
 };
 
+// The origin form ("/v1/models?x") of a request target in absolute form
+// ("http://host:port/v1/models?x"), which a server must accept (RFC 9112
+// 3.2.2; a client that takes relaymeter for a forward proxy sends it): both
+// parsers keep that as the target. Any other target is returned as it is; an
+// absolute form without a path is "/" (its query, if any, dropped).
+std::string_view origin_form(std::string_view target);
+
 // Beast's basic_parser, filling a Request (cleared first). Its limits,
 // eager() and skip() are basic_parser's.
 class RequestParser final : public http::basic_parser<true> {
