@@ -70,8 +70,8 @@ std::vector<Alert> Evaluator::evaluate(const metrics::Snapshot& window, const me
         lat.message = fmt::format("{}: P95 latency {:.1f}ms {} threshold {:g}ms ({})", name, lat.value,
                                   lat.holds ? "exceeds" : "is within", lat.threshold, span);
         if (!enough) {
-            lat.message = fmt::format("{}: fewer than {} requests in the last {} s ({}), no latency alert", name,
-                                      cfg_.min_requests, window_s, requests);
+            lat.message = fmt::format("{}: {} requests in the last {} s, fewer than alerts.min_requests ({}): no "
+                                      "latency alert", name, requests, window_s, cfg_.min_requests);
         }
 
         Observation err;
@@ -83,8 +83,8 @@ std::vector<Alert> Evaluator::evaluate(const metrics::Snapshot& window, const me
         err.message = fmt::format("{}: Error rate {:.2f}% {} threshold {:g}% ({})", name, err.value,
                                   err.holds ? "exceeds" : "is within", err.threshold, span);
         if (!enough) {
-            err.message = fmt::format("{}: fewer than {} requests in the last {} s ({}), no error-rate alert", name,
-                                      cfg_.min_requests, window_s, requests);
+            err.message = fmt::format("{}: {} requests in the last {} s, fewer than alerts.min_requests ({}): no "
+                                      "error-rate alert", name, requests, window_s, cfg_.min_requests);
         }
 
         step({AlertType::high_latency, name}, name, lat, now, out);

@@ -320,6 +320,20 @@ TEST_CASE("alerts: min_requests suppresses rate and percentile alerts", "[alerts
     t = ev.evaluate(e.snapshot_window(seconds(300), kNow), e.snapshot_window(seconds(3600), kNow), kNow);
     CHECK(find(t, AlertType::high_error_rate, "gpt-4.1") != nullptr);
     CHECK(find(t, AlertType::high_latency, "gpt-4.1") != nullptr);
+    // Three requests later in a fresh window: resolved, and the message says
+    // how many requests the window had and how many it needs.
+    const auto later = kNow + seconds(400);
+    for (int i = 0; i < 3; ++i) e.record(rec("gpt-4.1", 500, 5.0, later));
+    t = ev.evaluate(e.snapshot_window(seconds(300), later), e.snapshot_window(seconds(3600), later), later);
+    const Alert* err = find(t, AlertType::high_error_rate, "gpt-4.1");
+    REQUIRE(err != nullptr);
+    CHECK(err->state == AlertState::resolved);
+    CHECK(err->message ==
+          "resolved: gpt-4.1: 3 requests in the last 300 s, fewer than alerts.min_requests (5): no error-rate alert");
+    const Alert* lat = find(t, AlertType::high_latency, "gpt-4.1");
+    REQUIRE(lat != nullptr);
+    CHECK(lat->message ==
+          "resolved: gpt-4.1: 3 requests in the last 300 s, fewer than alerts.min_requests (5): no latency alert");
 }
 
 TEST_CASE("alerts: per-model overrides replace the global thresholds", "[alerts]") {
