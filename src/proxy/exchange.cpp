@@ -106,7 +106,7 @@ private:
 // without changing it: the target under upstream.base_path, the client's
 // fields less the hop-by-hop ones and those relaymeter sets itself (Host,
 // Content-Length, X-Request-Id; Expect, since the body is in hand;
-// Accept-Encoding, since the usage block must be readable; Authorization when
+// Accept-Encoding, identity since the usage block must be readable; Authorization when
 // it is replaced or is the client's relaymeter key), then relaymeter's own.
 void build_request_head(std::string& out, const Request& req, const config::Config& cfg,
                         std::string_view host, std::string_view rid, std::size_t body_size) {
@@ -142,6 +142,9 @@ void build_request_head(std::string& out, const Request& req, const config::Conf
     out.append("Host: "sv).append(host).append("\r\n"sv);
     if (!cfg.upstream.api_key.empty()) out.append("Authorization: Bearer "sv).append(cfg.upstream.api_key).append("\r\n"sv);
     out.append("X-Request-Id: "sv).append(rid).append("\r\n"sv);
+    // Said, not just left out: without the field any coding is acceptable
+    // (RFC 9110 12.5.3), and the usage block must stay readable.
+    out.append("Accept-Encoding: identity\r\n"sv);
     // As Beast's prepare_payload: a length for any body, and for an empty
     // one with the methods that carry a body.
     const auto m = req.method();
