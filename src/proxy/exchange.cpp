@@ -430,8 +430,14 @@ private:
     bool stale_ = false;
 };
 
-void UpstreamParser::on_response_impl(int code, beast::string_view reason, int, error_code&) {
+void UpstreamParser::on_response_impl(int code, beast::string_view reason, int, error_code& ec) {
     if (quiet_) return;
+    if (code == 101) {
+        // Switching Protocols, never asked for (Upgrade is not forwarded):
+        // relayed, it would hand the client a connection in another protocol.
+        ec = http::error::bad_status;
+        return;
+    }
     ex_.status_ = code;
     ex_.reason_ = reason;
     ex_.scratch_->head.fields.clear();
@@ -476,7 +482,7 @@ std::size_t UpstreamParser::on_chunk_body_impl(std::uint64_t, beast::string_view
 // The upstream's head is complete (its fields are views valid only now):
 // choose the client's framing, serialize its head, pick the usage scanner.
 void Exchange::on_head(bool keep_alive, bool body_expected, bool has_length) {
-    if (status_ >= 100 && status_ < 200 && status_ != 101) {
+    if (status_ >= 100 && status_ < 200) {
         interim_ = true; // skipped by relay(); the final response follows
         return;
     }

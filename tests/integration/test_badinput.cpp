@@ -1025,6 +1025,12 @@ TEST_CASE("badinput: upstream resets, garbage and short bodies give 502, recorde
          }},
         {"/v1/garbage-then-hang", [](const fake::Request&) { return fake::Response().write("hello there\r\n\r\n").hang(); }},
         {"/v1/bad-status", [](const fake::Request&) { return fake::Response().write("HTTP/1.1 2000 OK\r\n\r\n").close(); }},
+        {"/v1/switching", // never asked for: relaymeter drops Upgrade
+         [](const fake::Request&) {
+             return fake::Response()
+                 .write("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x05hello")
+                 .hang();
+         }},
         {"/v1/huge-head",
          [](const fake::Request&) {
              return fake::Response().write("HTTP/1.1 200 OK\r\nX-Big: " + std::string(100 * 1024, 'b') + "\r\n\r\n");
@@ -1056,7 +1062,7 @@ TEST_CASE("badinput: upstream resets, garbage and short bodies give 502, recorde
     const std::vector<Case> cases = {
         {"/v1/reset-before-head", true}, {"/v1/close-before-head", true}, {"/v1/reset-mid-head", true},
         {"/v1/garbage", true},           {"/v1/garbage-then-hang", true}, {"/v1/bad-status", true},
-        {"/v1/huge-head", true},         {"/v1/reset-mid-body", false},   {"/v1/short-then-close", false},
+        {"/v1/switching", true},         {"/v1/huge-head", true},         {"/v1/reset-mid-body", false},   {"/v1/short-then-close", false},
         {"/v1/reset-mid-chunked", false}, {"/v1/bad-chunk", false},
     };
     std::uint64_t total = 0;
