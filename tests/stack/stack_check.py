@@ -35,6 +35,9 @@ DOCKER = os.path.join(ROOT, "docker")
 DASHBOARD = os.path.join(DOCKER, "grafana", "dashboards", "relaymeter.json")
 ALERTS = os.path.join(DOCKER, "prometheus", "alerts.yml")
 SLOW_MODEL = "slow-model"  # the fake upstream answers it after 2.1 s
+# 1.5 s: under the 2 s threshold. Prometheus estimates its p95 from the
+# latency buckets: between 1 and 2.5 (no 2) that was 2.4 s and the rule fired.
+MEDIUM_MODEL = "medium-model"
 
 failures = []
 
@@ -215,7 +218,8 @@ def check_prometheus():
     # every 10th response is a 429: error-rate and status-code panels get data
     fake, rm, port = common.start_pair(work, ["--error-rate", "0.1", "--error-status", "429",
                                               "--latency-ms", "5", "--chunks", "4", "--chunk-interval-ms", "2",
-                                              "--model-latency", f"{SLOW_MODEL}=2100"],
+                                              "--model-latency", f"{SLOW_MODEL}=2100",
+                                              "--model-latency", f"{MEDIUM_MODEL}=1500"],
                                        extra_config="alerts: { interval_s: 1 }\n"
                                                     f"ledger: {{ path: {os.path.join(work, 'ledger.jsonl')} }}\n")
     print(f"  relaymeter on 127.0.0.1:{port}; logs kept in {os.path.join(common.ARTIFACTS, 'logs', 'stack')}")
@@ -270,25 +274,29 @@ def check_prometheus():
         if bg_errors:
             report(False, "background traffic", "; ".join(bg_errors[:3]))
 
-        def wait_prom_count(n):
+        def wait_prom_count(model, n):
             deadline, seen = time.monotonic() + 30, 0.0
             while time.monotonic() < deadline:
-                res = prom_query(pport, f'sum(ai_requests_total{{model="{SLOW_MODEL}"}})')["data"]["result"]
+                res = prom_query(pport, f'sum(ai_requests_total{{model="{model}"}})')["data"]["result"]
                 seen = float(res[0]["value"][1]) if res else 0.0
                 if seen >= n:
                     break
                 time.sleep(0.25)  # polling the API with a deadline: no event to wait on
             return seen
 
-        common.chat(port, SLOW_MODEL)
-        wait_prom_count(1)
-        slow = [threading.Thread(target=common.chat, args=(port, SLOW_MODEL)) for _ in range(24)]
+        for model in (SLOW_MODEL, MEDIUM_MODEL):
+            common.chat(port, model)
+        for model in (SLOW_MODEL, MEDIUM_MODEL):
+            wait_prom_count(model, 1)
+        slow = [threading.Thread(target=common.chat, args=(port, model))
+                for model in (SLOW_MODEL, MEDIUM_MODEL) for _ in range(24)]
         for t in slow:
             t.start()
         for t in slow:
             t.join(timeout=30)
-        seen = wait_prom_count(25)
-        report(seen >= 25, f"Prometheus scraped the {SLOW_MODEL} requests", f"{seen:g} of 25")
+        for model in (SLOW_MODEL, MEDIUM_MODEL):
+            seen = wait_prom_count(model, 25)
+            report(seen >= 25, f"Prometheus scraped the {model} requests", f"{seen:g} of 25")
         traffic = common.Background(port)
 
         # The daemon's alert engine (when the build has one) fires high_error_rate
