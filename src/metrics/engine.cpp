@@ -398,6 +398,7 @@ Snapshot Engine::snapshot_window(std::chrono::seconds window, std::chrono::syste
     Snapshot snap;
     snap.started_at = started_at_;
     snap.generated_at = now;
+    snap.window_start = std::chrono::system_clock::time_point(std::chrono::minutes(lo));
     snap.in_flight = in_flight();
     snap.by_key = by_key_;
     auto take = [&](const MinuteSlot& from) {

@@ -651,7 +651,7 @@ awaitable<bool> Worker::admin(Session& s, proxy::Request& req) {
             auto body = metrics::render_summary(snap);
             if (window) {
                 body["window_seconds"] = window->count();
-                body["window_start"] = alerts::iso8601(snap.generated_at - *window);
+                body["window_start"] = alerts::iso8601(snap.window_start);
             }
             body["alerts"] = alerts::to_json(firing());
             res = text(http::status::ok, body.dump(2) + "\n", "application/json");

@@ -207,7 +207,14 @@ TEST_CASE("alerts: /summary?window=SECONDS and bad windows", "[integration][aler
 
     const json w = get_json(d.port(), "/summary?window=60");
     CHECK(w["window_seconds"] == 60);
-    CHECK(w.contains("window_start"));
+    // The start of the UTC minute that holds generated_at - 60 s: the oldest
+    // minute the figures cover (ISO 8601, seconds always :00).
+    const std::string start = w["window_start"];
+    const std::string generated = w["generated_at"];
+    REQUIRE(start.size() == 20);
+    CHECK(start.substr(17) == "00Z");
+    CHECK(start < generated);
+    CHECK(generated.substr(0, 16) > start.substr(0, 16)); // a minute or two before generated_at's minute
     CHECK(w["alerts"].is_array());
     // Everything happened within the last minute: the same figures as since start.
     CHECK(w["overall"]["total_requests"] == all["overall"]["total_requests"]);

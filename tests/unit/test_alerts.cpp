@@ -112,10 +112,12 @@ TEST_CASE("window: records land in their finished_at minute, boundaries are whol
     auto w = e.snapshot_window(seconds(60), kNow);
     CHECK(requests(w, "gpt-4.1") == 2);
     CHECK(requests(w, "deepseek-v3.2") == 0); // not yet happened at `now`
+    CHECK(alerts::iso8601(w.window_start) == "2026-11-27T14:29:00Z"); // /summary's window_start
     // 120 s: from 14:28; 180 s: from 14:27 (the 500 at 14:27:30 is in).
     CHECK(requests(e.snapshot_window(seconds(120), kNow), "gpt-4.1") == 2);
     w = e.snapshot_window(seconds(180), kNow);
     CHECK(requests(w, "gpt-4.1") == 3);
+    CHECK(alerts::iso8601(w.window_start) == "2026-11-27T14:27:00Z");
     CHECK(w.models.at("gpt-4.1").errors == 1);
     CHECK(w.models.at("gpt-4.1").status_codes.at(500) == 1);
     CHECK(requests(e.snapshot_window(seconds(600), kNow), "gpt-4.1") == 4);

@@ -62,6 +62,8 @@ struct KeyCounters {
 struct Snapshot {
     std::chrono::system_clock::time_point started_at;
     std::chrono::system_clock::time_point generated_at;
+    // snapshot_window(): the start of the oldest minute it covers (else the epoch).
+    std::chrono::system_clock::time_point window_start{};
     std::map<std::string, ModelStats> models;                  // by name, sorted
     std::map<std::int64_t, double> hourly_cost;                // UTC hour start (unix s) -> USD, last 48 h
     std::int64_t in_flight = 0;
