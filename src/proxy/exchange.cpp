@@ -408,6 +408,8 @@ private:
     unsigned client_version_ = 11;
     bool client_keep_alive_ = true;
     bool strip_ = false;
+    bool stream_asked_ = false; // the request has "stream": true
+    bool sniff_ = false;        // the body's first bytes choose the usage scanner (on_head)
     bool chunked_out_ = false;
     bool reusable_ = false;
     bool head_sent_ = false;
@@ -519,17 +521,35 @@ void Exchange::on_head(bool keep_alive, bool body_expected, bool has_length) {
     }
     build_head(sc.client_head, status_, reason_, sc.head.fields, client_version_, keep_length, chunked_out_,
                client_keep_alive_, meter_.rid);
-    if (coding != usage::ContentCoding::identity)
-        coded_.emplace(coding, sse);
-    else if (sse)
-        stream_.emplace(strip_);
-    else
-        json_.emplace();
+    // A 2xx answer to a stream request without the event-stream type (some
+    // relays send text/plain, application/json or none): the body decides,
+    // an event stream unless it opens like a JSON document (a relay that
+    // ignored "stream": true). Read by the Content-Type alone, its usage was
+    // missed and the usage chunk relaymeter asked for reached the client.
+    sniff_ = !sse && stream_asked_ && coding == usage::ContentCoding::identity && status_ >= 200 && status_ < 300;
+    if (!sniff_) {
+        if (coding != usage::ContentCoding::identity)
+            coded_.emplace(coding, sse);
+        else if (sse)
+            stream_.emplace(strip_);
+        else
+            json_.emplace();
+    }
     head_ready_ = true;
 }
 
 void Exchange::on_body(std::string_view piece) {
     if (piece.empty()) return;
+    if (sniff_) {
+        sniff_ = false;
+        const auto first = piece.find_first_not_of(" \t\r\n");
+        if (first == std::string_view::npos || piece[first] == '{' || piece[first] == '[') {
+            json_.emplace();
+        } else {
+            meter_.streamed = true;
+            stream_.emplace(strip_);
+        }
+    }
     if (stream_) {
         stream_->feed(piece, scratch_->out); // what to send is collected in `out`
         return;
@@ -610,6 +630,7 @@ awaitable<bool> Exchange::run() {
     const auto info = usage::inspect_request(req_.body());
     meter_.model = info.model;
     meter_.prices = ctx_.engine.prices();
+    stream_asked_ = info.stream;
 
     if (cfg_.streaming.inject_include_usage && info.stream && !info.include_usage &&
         is_completions_path(req_.target())) {

@@ -140,6 +140,48 @@ TEST_CASE("stream: include_usage is injected upstream and the usage chunk stripp
     CHECK(row["streamed_requests"] == 2);
 }
 
+TEST_CASE("stream: an event stream without the event-stream type is still metered and stripped",
+          "[integration][stream]") {
+    // Some relays send their streams as text/plain, application/json or
+    // with no type: the body decides (it was read as one JSON document, 0
+    // tokens, and the usage chunk relaymeter asked for reached the client).
+    const std::string content = "data: " + json::parse(R"({"id":"c","object":"chat.completion.chunk",
+        "choices":[{"index":0,"delta":{"content":"Hi"}}]})").dump() + "\n\n";
+    const std::string usage = R"(data: {"id":"c","object":"chat.completion.chunk","choices":[],)"
+                              R"("usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15}})"
+                              "\n\n";
+    const std::string done = "data: [DONE]\n\n";
+    const std::string events = content + usage + done;
+    // A relay that ignored "stream": true answers one JSON document.
+    const std::string whole = R"({"id":"c","object":"chat.completion","choices":[],)"
+                              R"("usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}})";
+    const std::vector<std::string> types = {"text/plain; charset=utf-8", "application/json", ""};
+    fake::FakeUpstream up({}, [&](const fake::Request& rq) {
+        const std::size_t q = rq.target.find("?t=");
+        const int t = q == std::string::npos ? 0 : std::stoi(rq.target.substr(q + 3));
+        const std::string body = t == 3 ? whole : events;
+        const std::string type = t == 3 ? "text/plain" : types[static_cast<std::size_t>(t)];
+        return fake::Response().write("HTTP/1.1 200 OK\r\n" + (type.empty() ? "" : "Content-Type: " + type + "\r\n") +
+                                      "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
+    });
+    Daemon d(daemon_yaml(up.base_url()));
+    HttpClient c(d.port());
+    for (int t = 0; t < 3; ++t) {
+        INFO(t);
+        const auto r = c.post_json("/v1/chat/completions?t=" + std::to_string(t), kStreamBody);
+        CHECK(r.status == 200);
+        CHECK(r.body == content + done); // the usage chunk it did not ask for is removed
+        CHECK(json::parse(up.requests().back().body)["stream_options"]["include_usage"] == true);
+    }
+    const auto r = c.post_json("/v1/chat/completions?t=3", kStreamBody);
+    CHECK(r.body == whole);
+    auto s = wait_total(d.port(), 4);
+    const auto& row = model_entry(s, "gpt-4.1");
+    CHECK(row["input_tokens"] == 3 * 10 + 7);
+    CHECK(row["output_tokens"] == 3 * 5 + 3);
+    CHECK(row["streamed_requests"] == 3);
+}
+
 TEST_CASE("stream: injection can be turned off", "[integration][stream]") {
     fake::FakeUpstream up;
     Daemon d(daemon_yaml(up.base_url(), {}, "streaming:\n  inject_include_usage: false\n"));
