@@ -329,7 +329,7 @@ TEST_CASE("proxy: a model without a price costs 0 and is reported unpriced", "[i
     CHECK(model_entry(s, "none")["priced"] == true);
     auto m = HttpClient(d.port()).get("/metrics").body;
     CHECK(metric_value(m, "ai_request_unpriced_total{model=\"mystery-model\"}") == 1);
-    CHECK(d.log().find("mystery-model") != std::string::npos);
+    CHECK(d.wait_log("mystery-model", std::chrono::seconds(5))); // logged just after the record is visible
 }
 
 TEST_CASE("proxy: request body over max_request_body_bytes gives 413", "[integration]") {

@@ -91,7 +91,7 @@ TEST_CASE("stream: chunk k reaches the client before the upstream sends chunk k+
     CHECK(row["p50_ttft_ms"].get<double>() > 0);
     auto m = HttpClient(d.port()).get("/metrics").body;
     CHECK(metric_value(m, "ai_request_ttft_seconds_count{model=\"gpt-4.1\"}") == 1);
-    CHECK(d.log().find("streamed=yes") != std::string::npos);
+    CHECK(d.wait_log("streamed=yes", std::chrono::seconds(5))); // written just after the record is visible
 }
 
 TEST_CASE("stream: include_usage is injected upstream and the usage chunk stripped for the client",

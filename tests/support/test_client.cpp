@@ -797,9 +797,20 @@ std::string Daemon::log() const {
 }
 
 bool Daemon::wait_log(const std::string& needle, std::chrono::milliseconds timeout) const {
+    return wait_log_count(needle, 1, timeout);
+}
+
+bool Daemon::wait_log_count(const std::string& needle, std::size_t n, std::chrono::milliseconds timeout) const {
+    const auto enough = [&] {
+        std::size_t seen = 0;
+        for (auto at = out_->text.find(needle); at != std::string::npos && seen < n;
+             at = out_->text.find(needle, at + needle.size()))
+            ++seen;
+        return seen >= n;
+    };
     std::unique_lock lk(out_->mu);
-    out_->cv.wait_for(lk, timeout, [&] { return out_->text.find(needle) != std::string::npos || out_->eof; });
-    return out_->text.find(needle) != std::string::npos;
+    out_->cv.wait_for(lk, timeout, [&] { return enough() || out_->eof; });
+    return enough();
 }
 
 RunResult run_binary(const std::vector<std::string>& args, const std::map<std::string, std::string>& env) {

@@ -131,6 +131,9 @@ public:
     std::string log() const; // everything the daemon wrote to stdout/stderr so far
     // Waits until log() contains `needle`; true if it did within timeout.
     bool wait_log(const std::string& needle, std::chrono::milliseconds timeout) const;
+    // Waits until log() contains `needle` at least `n` times (a record is
+    // visible in /summary a moment before its access line is written).
+    bool wait_log_count(const std::string& needle, std::size_t n, std::chrono::milliseconds timeout) const;
 
     const std::string& config_path() const { return config_path_; }
     bool running() const; // not yet reaped
