@@ -1,4 +1,5 @@
 #include "relaymeter/proxy/exchange.hpp"
+#include "relaymeter/proxy/field.hpp"
 #include "relaymeter/proxy/request.hpp"
 #include "relaymeter/proxy/response.hpp"
 
@@ -467,8 +468,19 @@ void UpstreamParser::put_head(const ResponseHead& head, error_code& ec) {
     if (!ec) ex_.on_head(keep_alive(), !is_done(), content_length().has_value());
 }
 
-void UpstreamParser::on_header_impl(error_code&) {
-    if (!quiet_) ex_.on_head(keep_alive(), !is_done(), content_length().has_value());
+void UpstreamParser::on_header_impl(error_code& ec) {
+    if (quiet_) return;
+    // (The fast path takes only a lone "chunked".) Any other transfer coding
+    // is a 502, as with nginx: relayed, the client would get coded bytes.
+    TransferCodings te;
+    for (const auto& f : ex_.scratch_->head.fields) {
+        if (f.id == http::field::transfer_encoding) te.add(f.val);
+    }
+    if (te.any() && !te.chunked_only()) {
+        ec = http::error::bad_transfer_encoding;
+        return;
+    }
+    ex_.on_head(keep_alive(), !is_done(), content_length().has_value());
 }
 
 std::size_t UpstreamParser::on_body_impl(beast::string_view body, error_code&) {

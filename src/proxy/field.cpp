@@ -3,7 +3,9 @@
 #include <array>
 #include <cstring>
 
+#include <boost/beast/core/string.hpp>
 #include <boost/beast/http/field.hpp>
+#include <boost/beast/http/rfc7230.hpp>
 
 namespace relaymeter::proxy {
 
@@ -99,6 +101,14 @@ struct Table {
 http::field field_id(std::string_view name) {
     static const Table table;
     return table.find(name);
+}
+
+void TransferCodings::add(std::string_view value) {
+    ++fields_;
+    for (auto const& coding : http::token_list{value}) {
+        ++codings_;
+        other_ |= !boost::beast::iequals(coding, "chunked");
+    }
 }
 
 } // namespace relaymeter::proxy

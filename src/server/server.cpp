@@ -20,6 +20,7 @@
 #include "relaymeter/server/dashboard.hpp"
 #include "relaymeter/net.hpp"
 #include "relaymeter/proxy/exchange.hpp"
+#include "relaymeter/proxy/field.hpp"
 #include "relaymeter/proxy/request.hpp"
 #include "relaymeter/upstream/pool.hpp"
 #include "relaymeter/usage/usage.hpp"
@@ -145,17 +146,13 @@ struct Refusal {
 // parser); an HTTP/1.1 request without Host, or any with more than one, is a
 // 400 (RFC 9112 3.2).
 std::optional<Refusal> malformed_head(const proxy::Request& req) {
-    if (const std::size_t te_fields = req.count(http::field::transfer_encoding); te_fields > 0) {
-        std::size_t codings = 0;
-        bool unsupported = te_fields != 1;
-        for (auto const& coding : http::token_list{req[http::field::transfer_encoding]}) {
-            ++codings;
-            unsupported |= !beast::iequals(coding, "chunked");
-        }
-        if (unsupported || codings != 1) {
-            return Refusal{http::status::not_implemented, "unsupported_transfer_encoding",
-                           "only the chunked transfer coding is supported"};
-        }
+    proxy::TransferCodings te;
+    for (const auto& f : req) {
+        if (f.name() == http::field::transfer_encoding) te.add(f.value());
+    }
+    if (te.any() && !te.chunked_only()) {
+        return Refusal{http::status::not_implemented, "unsupported_transfer_encoding",
+                       "only the chunked transfer coding is supported"};
     }
     const std::size_t hosts = req.count(http::field::host);
     if (hosts > 1) return Refusal{http::status::bad_request, "invalid_host", "the request has more than one Host field"};
