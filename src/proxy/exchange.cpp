@@ -553,13 +553,20 @@ void Exchange::on_head(bool keep_alive, bool body_expected, bool has_length) {
 void Exchange::on_body(std::string_view piece) {
     if (piece.empty()) return;
     if (sniff_) {
-        sniff_ = false;
         const auto first = piece.find_first_not_of(" \t\r\n");
-        if (first == std::string_view::npos || piece[first] == '{' || piece[first] == '[') {
+        if (first == std::string_view::npos) {
+            scratch_->pieces.push_back(piece); // blank: relayed as it is, the next piece decides
+            return;
+        }
+        sniff_ = false;
+        if (piece[first] == '{' || piece[first] == '[') {
             json_.emplace();
         } else {
             meter_.streamed = true;
             stream_.emplace(strip_);
+            // Blank pieces not yet sent go first (a stream sends `out`).
+            for (const auto held : scratch_->pieces) scratch_->out.append(held);
+            scratch_->pieces.clear();
         }
     }
     if (stream_) {

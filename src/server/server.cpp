@@ -211,7 +211,7 @@ private:
     awaitable<bool> admin(Session& s, proxy::Request& req);
     awaitable<bool> reply(Session& s, http::response<http::string_body>& res);
     awaitable<bool> reply_error(Session& s, http::status status, std::string_view code, std::string message,
-                                unsigned version);
+                                unsigned version, std::string_view request_id = {});
     awaitable<bool> send_continue(Session& s, unsigned version);
     awaitable<void> linger_close(Session& s, beast::flat_buffer& buf);
     awaitable<bool> head_failed(Session& s, error_code ec, const beast::flat_buffer& buf, clock::time_point arrival);
@@ -219,8 +219,8 @@ private:
                                       boost::optional<std::uint64_t> content_length,
                                       bool local_client, proxy::Origin& origin) const;
     static Refusal body_refusal(const error_code& ec);
-    void meter_unparsed(int status, std::string_view note, std::string_view target, const beast::flat_buffer& buf,
-                        clock::time_point arrival);
+    std::string meter_unparsed(int status, std::string_view note, std::string_view target,
+                               const beast::flat_buffer& buf, clock::time_point arrival);
 
     // One thread runs each worker's context, and its sockets and timers are
     // touched only from that thread (begin_drain posts): the reactor's
@@ -324,8 +324,9 @@ awaitable<void> Worker::linger_close(Session& s, beast::flat_buffer& buf) {
     }
 }
 
-void Worker::meter_unparsed(int status, std::string_view note, std::string_view target,
-                            const beast::flat_buffer& buf, clock::time_point arrival) {
+// Returns the record's request id ("" when not metered), for the answer.
+std::string Worker::meter_unparsed(int status, std::string_view note, std::string_view target,
+                                   const beast::flat_buffer& buf, clock::time_point arrival) {
     // A request whose head could not be parsed is metered only when its
     // request line shows it was for /v1/: the target the parser got (Beast
     // consumes the request line as soon as it has it, so a bad field after it
@@ -333,12 +334,13 @@ void Worker::meter_unparsed(int status, std::string_view note, std::string_view 
     if (target.empty()) {
         const std::string_view raw(static_cast<const char*>(buf.data().data()), buf.size());
         const auto sp = raw.find(' ');
-        if (sp == std::string_view::npos) return;
-        target = raw.substr(sp + 1);
+        if (sp == std::string_view::npos) return {};
+        target = proxy::origin_form(raw.substr(sp + 1));
     }
-    if (target.substr(0, 4) != "/v1/") return;
+    if (target.substr(0, 4) != "/v1/") return {};
     const proxy::Origin origin{proxy::request_id({}), shared_.cfg.auth.enabled ? "none" : "", arrival};
     proxy::record_unread(pctx_, origin, status, note);
+    return origin.request_id;
 }
 
 awaitable<bool> Worker::reply(Session& s, http::response<http::string_body>& res) {
@@ -354,10 +356,10 @@ awaitable<bool> Worker::head_failed(Session& s, error_code ec, const beast::flat
                                     clock::time_point arrival) {
     const std::string_view seen_target = s.parser->get().target();
     if (ec == http::error::header_limit) {
-        meter_unparsed(431, "header_too_large", seen_target, buf, arrival);
+        const std::string rid = meter_unparsed(431, "header_too_large", seen_target, buf, arrival);
         spdlog::info("rejected a request head over server.max_header_bytes");
         co_await reply_error(s, http::status::request_header_fields_too_large, "header_too_large",
-                             "request head exceeds server.max_header_bytes", 11);
+                             "request head exceeds server.max_header_bytes", 11, rid);
     } else if (ec == beast::error::timeout) {
         // Slow head (slow-loris): the stream closed the socket when its
         // deadline passed, so there is no 408 to send, as with nginx. The
@@ -369,10 +371,10 @@ awaitable<bool> Worker::head_failed(Session& s, error_code ec, const beast::flat
         // The client went away in the middle of its head.
         meter_unparsed(499, "client_closed", seen_target, buf, arrival);
     } else if (ec != http::error::end_of_stream && ec != asio::error::operation_aborted) {
-        meter_unparsed(400, "bad_request", seen_target, buf, arrival);
+        const std::string rid = meter_unparsed(400, "bad_request", seen_target, buf, arrival);
         spdlog::info("rejected a malformed request head: {}", ec.message());
         co_await reply_error(s, http::status::bad_request, "bad_request", "malformed HTTP request: " + ec.message(),
-                             11);
+                             11, rid);
     }
     co_return false;
 }
@@ -419,8 +421,8 @@ Refusal Worker::body_refusal(const error_code& ec) {
 // (rarely made) coroutine frame: as locals of handle_one they made its frame,
 // allocated for every request, 2.3 KiB.
 awaitable<bool> Worker::reply_error(Session& s, http::status status, std::string_view code, std::string message,
-                                    unsigned version) {
-    auto res = proxy::error_response(status, code, message, version, false, {});
+                                    unsigned version, std::string_view request_id) {
+    auto res = proxy::error_response(status, code, message, version, false, request_id);
     co_return co_await reply(s, res);
 }
 

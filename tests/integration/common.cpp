@@ -36,6 +36,12 @@ std::string replace(std::string text, const std::string& from, const std::string
     return text.replace(at, from.size(), to);
 }
 
+std::string chunk(const std::string& data) {
+    char hex[20];
+    std::snprintf(hex, sizeof hex, "%zx\r\n", data.size());
+    return hex + data + "\r\n";
+}
+
 nlohmann::json get_json(std::uint16_t port, const std::string& target) {
     HttpClient c(port);
     auto r = c.get(target);

@@ -18,6 +18,9 @@ std::string daemon_yaml(const std::string& upstream_url, const std::string& extr
 // `text` with the first `from` replaced by `to` (fails the test when absent).
 std::string replace(std::string text, const std::string& from, const std::string& to);
 
+// `data` as one chunk of a chunked body ("<hex size>\r\n<data>\r\n").
+std::string chunk(const std::string& data);
+
 nlohmann::json get_json(std::uint16_t port, const std::string& target);
 
 // Polls /summary (each poll is a real request: no sleeping) until

@@ -45,12 +45,6 @@ fake::Handler scripted(std::map<std::string, Script> scripts) {
     };
 }
 
-std::string chunk(const std::string& data) {
-    char hex[20];
-    std::snprintf(hex, sizeof hex, "%zx\r\n", data.size());
-    return hex + data + "\r\n";
-}
-
 // `promtool check metrics` on an exposition; returns its output ("" = clean).
 std::string promtool_problems(const std::string& exposition) {
     if (std::system("command -v promtool >/dev/null 2>&1") != 0) FAIL("promtool is not installed (apt-get install prometheus)");
@@ -277,6 +271,7 @@ TEST_CASE("badinput: malformed request heads get 400 and a closed connection, th
          "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n", 400, true},
         {"HTTP/2 preface on the HTTP/1 port", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400, false},
         {"HTTP/3.0 request for /v1/", "GET /v1/models HTTP/3.0\r\nHost: x\r\n\r\n", 400, true},
+        {"HTTP/3.0 request for /v1/ in absolute form", "GET http://x/v1/models HTTP/3.0\r\nHost: x\r\n\r\n", 400, true},
         {"admin path with a broken header", "GET /metrics HTTP/1.1\r\nHost x\r\n\r\n", 400, false},
         {"HTTP/1.1 without Host", "GET /v1/models HTTP/1.1\r\nAccept: */*\r\n\r\n", 400, true},
         {"two Host fields",
@@ -305,6 +300,8 @@ TEST_CASE("badinput: malformed request heads get 400 and a closed connection, th
         CHECK(rs[0].version == 11);
         CHECK(rs[0].header("content-type") == "application/json");
         CHECK(!error_code_of(rs[0]).empty());
+        // A metered refusal names its record, as every answer to /v1/ does.
+        CHECK(rs[0].header("x-relaymeter-request-id").empty() == !c.v1);
         if (c.v1) {
             ++v1_errors;
             ++total;

@@ -175,6 +175,22 @@ TEST_CASE("stream: an event stream without the event-stream type is still metere
     }
     const auto r = c.post_json("/v1/chat/completions?t=3", kStreamBody);
     CHECK(r.body == whole);
+    // Chunked, its first chunk blank and the events 50 ms later: the blank
+    // bytes are relayed and the first byte that is not blank decides.
+    {
+        fake::FakeUpstream paced({}, [&](const fake::Request&) {
+            return fake::Response()
+                .write("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n\n\r\n")
+                .delay(std::chrono::milliseconds(50))
+                .write(chunk(events) + "0\r\n\r\n");
+        });
+        Daemon pd(daemon_yaml(paced.base_url()));
+        const auto pr = HttpClient(pd.port()).post_json("/v1/chat/completions", kStreamBody);
+        CHECK(pr.body == "\n" + content + done);
+        const auto ps = wait_total(pd.port(), 1);
+        CHECK(model_entry(ps, "gpt-4.1")["input_tokens"] == 10);
+        CHECK(model_entry(ps, "gpt-4.1")["streamed_requests"] == 1);
+    }
     auto s = wait_total(d.port(), 4);
     const auto& row = model_entry(s, "gpt-4.1");
     CHECK(row["input_tokens"] == 3 * 10 + 7);

@@ -1,5 +1,5 @@
 // Metering a content-coded (gzip, deflate) response body. relaymeter asks the
-// upstream for identity encoding (it drops Accept-Encoding), but an upstream
+// upstream for identity encoding (it sends Accept-Encoding: identity), but an upstream
 // may compress anyway: the client then gets the coded bytes unchanged, and the
 // usage is read from a copy inflated on the side. Only this path pays for it:
 // an identity-coded body never touches zlib. No networking headers here.
