@@ -147,14 +147,15 @@ struct Refusal {
 // 400 (RFC 9112 3.2).
 std::optional<Refusal> malformed_head(const proxy::Request& req) {
     proxy::TransferCodings te;
-    for (const auto& f : req) {
+    std::size_t hosts = 0;
+    for (const auto& f : req) { // one pass over the fields, for every request
         if (f.name() == http::field::transfer_encoding) te.add(f.value());
+        else if (f.name() == http::field::host) ++hosts;
     }
     if (te.any() && !te.chunked_only()) {
         return Refusal{http::status::not_implemented, "unsupported_transfer_encoding",
                        "only the chunked transfer coding is supported"};
     }
-    const std::size_t hosts = req.count(http::field::host);
     if (hosts > 1) return Refusal{http::status::bad_request, "invalid_host", "the request has more than one Host field"};
     if (hosts == 0 && req.version() >= 11) {
         return Refusal{http::status::bad_request, "missing_host", "an HTTP/1.1 request needs a Host field"};
